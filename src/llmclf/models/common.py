@@ -1,0 +1,38 @@
+"""Attention shared by both backbones: one SDPA call whose mask handles padding, causality and
+"only these query positions" (the classifier needs the last block's output at one position only)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gather_positions(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x[b, pos[b]] for every row b: (B, T, D), (B,) -> (B, 1, D)."""
+    index = pos.view(-1, 1, 1).expand(-1, 1, x.shape[-1])
+    return x.gather(1, index)
+
+
+def attention(q, k, v, *, lengths=None, causal=True, query_pos=None, dropout_p=0.0):
+    """Scaled-dot-product attention over heads.
+
+    q: (B, H, Tq, hd); k, v: (B, Hkv, Tk, hd), Hkv dividing H (grouped-query attention).
+    lengths: (B,) number of real tokens per row, or None when no row is padded. Keys at or past a row's
+    length are masked, so right padding never changes a real token's output.
+    query_pos: (B,) the one position each row's single query sits at (Tq == 1), or None for Tq == Tk.
+    """
+    B, _, Tq, _ = q.shape
+    Tk = k.shape[2]
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
+    if lengths is None and query_pos is None:
+        # Fast path: the fused kernel's own causal mask (or none at all).
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, **gqa)
+    keys = torch.arange(Tk, device=q.device)
+    if lengths is None:
+        mask = torch.ones(B, 1, 1, Tk, dtype=torch.bool, device=q.device)
+    else:
+        mask = (keys.view(1, Tk) < lengths.view(B, 1)).view(B, 1, 1, Tk)
+    if causal:
+        qpos = query_pos.view(B, 1) if query_pos is not None else torch.arange(Tq, device=q.device).view(1, Tq)
+        mask = mask & (keys.view(1, 1, Tk) <= qpos.unsqueeze(-1)).unsqueeze(1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, **gqa)
