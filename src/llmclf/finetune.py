@@ -1,0 +1,216 @@
+"""`llmclf train`: data -> backbone -> classifier -> training -> metrics -> saved run directory.
+
+Everything that can be wrong with the inputs (data, columns, model, run directory) is checked before
+the run directory is created, so a refused run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import LlmclfError
+
+
+@dataclass
+class FinetuneOptions:
+    out: str
+    model: str = "gpt2-small"
+    weights: str = "pretrained"
+    dataset: str = "sms-spam"
+    data_file: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    balance: bool = True
+    split: tuple = (0.7, 0.1)
+    seed: int = 123
+    context_length: str = "longest"      # longest | model | N
+    pooling: str = "last_nonpad"
+    trainable: str = "last_block"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    causal: bool = True
+    epochs: int = 5
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    eval_freq: int = 50
+    eval_iter: int = 5
+    cache: str = "auto"                  # auto | on | off
+    class_weights: bool = False
+    device: str = "auto"
+    dtype: str = "float32"
+    tokenizer_dir: str | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _log(opts):
+    return (lambda *a, **k: None) if opts.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def resolve_max_length(option: str, longest: int, model_context: int) -> int:
+    if option == "longest":
+        return min(longest, model_context)
+    if option == "model":
+        return model_context
+    try:
+        n = int(option)
+    except ValueError:
+        raise LlmclfError(f"--context-length must be longest, model or a number, not {option!r}") from None
+    if not 1 <= n <= model_context:
+        raise LlmclfError(f"--context-length {n}: must be between 1 and the model's context length {model_context}")
+    return n
+
+
+def load_data(opts):
+    from .data import load_sms_spam, prepare_data, read_table
+
+    if opts.data_file is None and opts.dataset != "sms-spam":
+        raise LlmclfError(f"unknown --dataset {opts.dataset!r} (built in: sms-spam); pass --data-file FILE for your own")
+    if opts.data_file is not None:
+        df, source = read_table(opts.data_file, opts.text_column, opts.label_column), str(opts.data_file)
+    else:
+        df, source = load_sms_spam()
+    return prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed)
+
+
+def build_classifier(opts, num_classes: int):
+    """(TextClassifier, tokenizer, model name) with the requested trainable parameters."""
+    from .classifier import POOLINGS, TRAINABLE, TextClassifier, set_trainable
+    from .weights import load_backbone
+
+    if opts.pooling not in POOLINGS:
+        raise LlmclfError(f"--pooling must be one of {', '.join(POOLINGS)}")
+    if opts.trainable not in TRAINABLE:
+        raise LlmclfError(f"--trainable must be one of {', '.join(TRAINABLE)}")
+    backbone, tokenizer, name = load_backbone(opts.model, opts.weights, opts.tokenizer_dir)
+    torch.manual_seed(opts.seed)  # the book seeds before creating the class head
+    model = TextClassifier(backbone, num_classes, opts.pooling, opts.causal)
+    set_trainable(model, opts.trainable, opts.lora_rank, opts.lora_alpha)
+    return model, tokenizer, name
+
+
+def prepare_run_dir(out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not overwrite:
+            raise LlmclfError(f"{out}: run directory exists; pass --overwrite to replace it or choose another --out")
+        if out.is_file():
+            raise LlmclfError(f"{out}: is a file, not a run directory")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def write_history(path: Path, history: list) -> None:
+    import pandas as pd
+    cols = ["epoch", "step", "examples_seen", "train_loss", "val_loss", "train_acc", "val_acc"]
+    pd.DataFrame(history, columns=cols).to_csv(path, index=False)
+
+
+def write_plots(run_dir: Path, history: list, num_epochs: int) -> None:
+    import numpy as np
+
+    from .metrics import plot_values
+    losses = [h for h in history if "train_loss" in h]
+    accs = [h for h in history if "train_acc" in h]
+    if losses:
+        epochs = np.linspace(0, num_epochs, len(losses))
+        plot_values(epochs, [h["examples_seen"] for h in losses], [h["train_loss"] for h in losses],
+                    [h["val_loss"] for h in losses], "loss", run_dir / "loss.png")
+    if accs:
+        epochs = np.linspace(0, num_epochs, len(accs))
+        plot_values(epochs, [h["examples_seen"] for h in accs], [h["train_acc"] for h in accs],
+                    [h["val_acc"] for h in accs], "accuracy", run_dir / "accuracy.png")
+
+
+def finetune(opts: FinetuneOptions) -> dict:
+    """Run the whole job; returns the metrics written to RUN_DIR/metrics.json."""
+    from . import __version__
+    from .artifact import atomic_write_text, save_classifier
+    from .classifier import count_parameters
+    from .data import ClassificationDataset
+    from .metrics import classification_metrics, predict_loader
+    from .predict import pick_device
+    from .train import make_loaders, train_classifier_simple
+
+    log = _log(opts)
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise LlmclfError(f"{out}: run directory exists; pass --overwrite to replace it or choose another --out")
+    for name in ("epochs", "batch_size", "grad_accum", "eval_freq"):
+        if getattr(opts, name) < (0 if name == "epochs" else 1):
+            raise LlmclfError(f"--{name.replace('_', '-')} must be positive")
+    device = pick_device(opts.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(opts.dtype)
+    if dtype is None:
+        raise LlmclfError("--dtype must be float32 or bfloat16")
+    if dtype == torch.bfloat16 and device == "cpu":
+        log("warning: bfloat16 on a CPU without native support is far slower than float32")
+    data = load_data(opts)
+    log(f"data: {data.source}; class counts {data.class_counts}; "
+        f"{'balanced, ' if opts.balance else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
+    model, tokenizer, model_name = build_classifier(opts, len(data.labels))
+    model.to(device=device, dtype=dtype)
+
+    t_start = time.perf_counter()
+    train_ds = ClassificationDataset(data.train, tokenizer, data.labels)
+    max_length = resolve_max_length(opts.context_length, train_ds.max_length, model.backbone.cfg.context_length)
+    datasets = {"train": ClassificationDataset(data.train, tokenizer, data.labels, max_length),
+                "validation": ClassificationDataset(data.validation, tokenizer, data.labels, max_length),
+                "test": ClassificationDataset(data.test, tokenizer, data.labels, max_length)}
+
+    prepare_run_dir(out, opts.overwrite)
+    try:
+        for split in ("train", "validation", "test"):
+            getattr(data, split).to_csv(out / f"{split}.csv", index=False)
+        loaders, cache_info = make_loaders(model, datasets, opts.batch_size, device, seed=opts.seed,
+                                           cache=opts.cache, log=log)
+        weight = None
+        if opts.class_weights:
+            counts = torch.bincount(torch.tensor(datasets["train"].targets), minlength=len(data.labels)).float()
+            weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        log(f"model {model_name}: {count_parameters(model, False):,} parameters, "
+            f"{count_parameters(model):,} trainable ({opts.trainable}); device {device}")
+        torch.manual_seed(opts.seed)
+        _, _, _, _, examples_seen = train_classifier_simple(
+            model, loaders["train"], loaders["validation"], optimizer, device, opts.epochs, opts.eval_freq,
+            opts.eval_iter, grad_accum=opts.grad_accum, class_weight=weight, state=(state := _new_state()), log=log,
+            progress=not opts.quiet and sys.stderr.isatty())
+        train_seconds = time.perf_counter() - t_start
+
+        metrics = {"llmclf_version": __version__, "model": model_name, "weights": opts.weights,
+                   "data_source": data.source, "labels": data.labels, "class_counts": data.class_counts}
+        for split, loader in (("train", "train"), ("validation", "validation"), ("test", "test")):
+            full = loaders[loader]
+            full.drop_last = False  # metrics over the whole split
+            logits, targets = predict_loader(full, model)
+            metrics[split] = classification_metrics(logits, targets, len(data.labels), with_curves=split == "test")
+        metrics.update({"train_seconds": round(train_seconds, 3), "examples_seen": examples_seen,
+                        "trainable_parameters": count_parameters(model), "max_length": max_length,
+                        "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info,
+                        "options": {k: v for k, v in asdict(opts).items() if k not in ("quiet", "extra")}})
+        write_history(out / "history.csv", state.history)
+        write_plots(out, state.history, opts.epochs)
+        save_classifier(model, tokenizer, out / "model", labels=data.labels, max_length=max_length,
+                        model_name=model_name, extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")}})
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # written last: marks a complete run
+        log(f"test accuracy {metrics['test']['accuracy'] * 100:.2f}%  (train {train_seconds:.1f}s) -> {out}")
+        return metrics
+    except LlmclfError:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _new_state():
+    from .train import TrainState
+    return TrainState()

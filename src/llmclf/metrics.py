@@ -1,0 +1,99 @@
+"""Loss, accuracy and the full metric set over a loader; the book's two training plots."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def calc_loss_batch(batch: dict, model, weight=None) -> torch.Tensor:
+    """Cross-entropy of one batch (the book's calc_loss_batch: the class comes from one token's logits)."""
+    return F.cross_entropy(model.forward_batch(batch), batch["labels"], weight=weight)
+
+
+@torch.no_grad()
+def calc_loss_loader(loader, model, num_batches: int | None = None, weight=None) -> float:
+    """Mean batch loss over the first num_batches batches (all when None), in the loader's fixed order."""
+    was_training = model.training
+    model.eval()
+    n = len(loader) if num_batches is None else min(num_batches, len(loader))
+    if n == 0:
+        return float("nan")
+    total = sum(calc_loss_batch(b, model, weight).item() for _, b in zip(range(n), loader.batches(list(range(loader.n)))))
+    model.train(was_training)
+    return total / n
+
+
+@torch.no_grad()
+def calc_accuracy_loader(loader, model, num_batches: int | None = None) -> float:
+    logits, targets = predict_loader(loader, model, num_batches)
+    return float((logits.argmax(-1) == targets).float().mean()) if len(targets) else float("nan")
+
+
+@torch.no_grad()
+def predict_loader(loader, model, num_batches: int | None = None):
+    """(logits (N, C), targets (N,)) over the loader's first num_batches batches, in input order."""
+    was_training = model.training
+    model.eval()
+    n = len(loader) if num_batches is None else min(num_batches, len(loader))
+    logits, targets = [], []
+    for _, batch in zip(range(n), loader.batches(list(range(loader.n)))):
+        logits.append(model.forward_batch(batch).float().cpu())
+        targets.append(batch["labels"].cpu())
+    model.train(was_training)
+    if not logits:
+        return torch.empty(0, model.num_classes), torch.empty(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                           with_curves: bool = False) -> dict:
+    """accuracy, loss, precision, recall, f1 (binary: positive class 1; multiclass: macro),
+    balanced_accuracy; with_curves adds the confusion matrix and (binary) ROC AUC."""
+    from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support,
+                                 roc_auc_score)
+
+    y = targets.numpy()
+    if len(y) == 0:
+        return {"num_examples": 0}
+    probs = torch.softmax(logits.float(), -1).numpy()
+    pred = probs.argmax(-1)
+    binary = num_classes == 2
+    p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary" if binary else "macro",
+                                                 labels=list(range(num_classes)) if not binary else None,
+                                                 pos_label=1, zero_division=0)
+    out = {
+        "accuracy": float((pred == y).mean()),
+        "loss": float(F.cross_entropy(logits.float(), targets).item()),
+        "precision": float(p), "recall": float(r), "f1": float(f),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "num_examples": int(len(y)),
+    }
+    if with_curves:
+        out["confusion_matrix"] = confusion_matrix(y, pred, labels=list(range(num_classes))).tolist()
+        if binary and len(np.unique(y)) == 2:
+            out["roc_auc"] = float(roc_auc_score(y, probs[:, 1]))
+    return out
+
+
+def plot_values(epochs_seen, examples_seen, train_values, val_values, label: str = "loss", path=None):
+    """The book's plot: training and validation values against epochs, with an examples-seen twin axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_values, label=f"Training {label}")
+    ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel(label.capitalize())
+    ax1.legend()
+    ax2 = ax1.twiny()
+    ax2.plot(examples_seen, train_values, alpha=0)  # invisible: aligns the examples-seen ticks
+    ax2.set_xlabel("Examples seen")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,85 @@
+"""Classify new text with a saved classifier: `classify` for one text, `predict_texts` for many.
+
+Many texts are batched in order of length (little padding is computed) under inference_mode, then
+returned in input order. Pooling at the last real token plus the causal mask makes every prediction
+independent of what it was batched with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data import length_sorted_chunks, pad_batch
+
+
+@dataclass
+class Classifier:
+    model: object
+    tokenizer: object
+    config: dict
+    device: str = "cpu"
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config["labels"]
+
+    @property
+    def max_length(self) -> int:
+        return self.config["max_length"]
+
+
+def pick_device(device: str = "auto") -> str:
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_classifier(path, device: str = "auto") -> Classifier:
+    from .artifact import load_classifier_model
+    device = pick_device(device)
+    model, tokenizer, cfg = load_classifier_model(Path(path), device)
+    return Classifier(model, tokenizer, cfg, device)
+
+
+def encode_texts(clf: Classifier, texts: list[str]) -> list[list[int]]:
+    return [e[: clf.max_length] or [clf.tokenizer.pad_id] for e in clf.tokenizer.encode_batch(list(texts))]
+
+
+@torch.inference_mode()
+def predict_encoded(clf: Classifier, encoded: list[list[int]], batch_size: int = 32, progress: bool = False):
+    """Class probabilities (N, C) for token lists, in input order."""
+    from tqdm import tqdm
+
+    model = clf.model
+    fixed = clf.max_length if model.pooling == "last" else None
+    lengths = [fixed or len(e) for e in encoded]
+    probs = torch.empty(len(encoded), model.num_classes)
+    chunks = list(length_sorted_chunks(lengths, max_tokens=batch_size * max(lengths, default=1), max_rows=batch_size))
+    for chunk in tqdm(chunks, desc="predict", unit="batch", disable=not progress, leave=False):
+        ids, lens = pad_batch([encoded[i] for i in chunk], clf.tokenizer.pad_id, fixed)
+        logits = model(ids.to(clf.device), lens.to(clf.device))
+        probs[chunk] = torch.softmax(logits.float(), -1).cpu()
+    return probs
+
+
+def predict_texts(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+    return predict_encoded(clf, encode_texts(clf, texts), batch_size, progress)
+
+
+def classify(text: str, clf: Classifier) -> tuple[str, float]:
+    """(label, probability) for one text: chapter 6's classify_review for any classifier."""
+    probs = predict_texts(clf, [text])[0]
+    i = int(probs.argmax())
+    return clf.labels[i], float(probs[i])
+
+
+def classify_review(text: str, clf: Classifier) -> str:
+    """The book's name: the predicted label of one text."""
+    return classify(text, clf)[0]

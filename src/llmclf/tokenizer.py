@@ -1,0 +1,129 @@
+"""Tokenizers behind one small interface: `encode`, `encode_batch`, `decode`, `pad_id`, `eos_id`, `save`.
+
+GPT-2 uses tiktoken with OpenAI's two BPE files; Llama-family models use the `tokenizers` library.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import LlmclfError
+
+GPT2_FILES = {"vocab.bpe": "gpt2-vocab.bpe", "encoder.json": "gpt2-encoder.json"}  # file -> assets entry
+
+
+def _clean(text: str) -> str:
+    # Lone surrogates cannot be encoded as UTF-8; replace them instead of crashing the tokenizer.
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+class GPT2Tokenizer:
+    """GPT-2 byte-level BPE through tiktoken; <|endoftext|> (50256) pads, as in the book."""
+
+    kind = "gpt2-bpe"
+
+    def __init__(self, bpe_dir: str | Path | None = None):
+        import tiktoken
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+        from tiktoken_ext.openai_public import r50k_pat_str
+
+        from .assets import ASSETS, _verify, fetch
+
+        paths = {}
+        for fname, asset_name in GPT2_FILES.items():
+            if bpe_dir is not None:
+                p = Path(bpe_dir) / fname
+                problem = "missing" if not p.is_file() else _verify(ASSETS[asset_name], p)
+                if problem:
+                    raise LlmclfError(f"tokenizer file {p}: {problem}")
+                paths[fname] = p
+            else:
+                paths[fname] = fetch(asset_name)
+        ranks = data_gym_to_mergeable_bpe_ranks(str(paths["vocab.bpe"]), str(paths["encoder.json"]))
+        self._paths = paths
+        self.enc = tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                     special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
+        self.pad_id = self.eos_id = 50256
+
+    def encode(self, text: str) -> list[int]:
+        # encode_ordinary: a message that contains the text "<|endoftext|>" is ordinary text, not a control token.
+        return self.enc.encode_ordinary(_clean(text))
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch([_clean(t) for t in texts])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.enc.decode(ids)
+
+    def save(self, directory: Path) -> dict:
+        for fname, p in self._paths.items():
+            shutil.copyfile(p, Path(directory) / fname)
+        return {"type": self.kind, "files": sorted(self._paths)}
+
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` (tokenizer.json or built from GGUF metadata); no BOS is added."""
+
+    kind = "hf"
+
+    def __init__(self, tokenizer, pad_id: int, eos_id: int):
+        self.tok = tokenizer
+        self.pad_id, self.eos_id = pad_id, eos_id
+
+    @classmethod
+    def from_file(cls, path: Path, pad_id: int | None = None, eos_id: int | None = None):
+        from tokenizers import Tokenizer
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception on bad files
+            raise LlmclfError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0][:100]})") from None
+        if eos_id is None:
+            eos_id = _special_id(tok, ["<|im_end|>", "<|endoftext|>", "</s>", "<|end_of_text|>"], default=0)
+        return cls(tok, pad_id if pad_id is not None else eos_id, eos_id)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(_clean(text), add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch([_clean(t) for t in texts], add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def save(self, directory: Path) -> dict:
+        self.tok.save(str(Path(directory) / "tokenizer.json"))
+        return {"type": self.kind, "files": ["tokenizer.json"], "pad_id": self.pad_id, "eos_id": self.eos_id}
+
+
+def _special_id(tok, candidates, default):
+    for c in candidates:
+        i = tok.token_to_id(c)
+        if i is not None:
+            return i
+    return default
+
+
+def load_saved_tokenizer(directory: Path, cfg: dict):
+    """The tokenizer a saved classifier was trained with (see `save`)."""
+    if cfg["type"] == GPT2Tokenizer.kind:
+        return GPT2Tokenizer(directory)
+    if cfg["type"] == HFTokenizer.kind:
+        return HFTokenizer.from_file(Path(directory) / "tokenizer.json", cfg["pad_id"], cfg["eos_id"])
+    raise LlmclfError(f"{directory}: unknown tokenizer type {cfg['type']!r}")
+
+
+def tokenizer_for_dir(path: Path, arch: str, tokenizer_dir=None):
+    """Tokenizer of a Hugging Face model directory: its tokenizer.json, else GPT-2's BPE for GPT-2 models."""
+    tj = Path(path) / "tokenizer.json"
+    if tj.is_file():
+        eos = None
+        cfg_file = Path(path) / "config.json"
+        if cfg_file.is_file():
+            eos = json.loads(cfg_file.read_text()).get("eos_token_id")
+            eos = eos[0] if isinstance(eos, list) else eos
+        return HFTokenizer.from_file(tj, None, eos) if arch != "gpt2" else GPT2Tokenizer(tokenizer_dir)
+    if arch == "gpt2":
+        return GPT2Tokenizer(tokenizer_dir)
+    raise LlmclfError(f"{path}: no tokenizer.json beside the weights")

