@@ -178,7 +178,8 @@ def finetune(opts: FinetuneOptions) -> dict:
             counts = torch.bincount(torch.tensor(datasets["train"].targets), minlength=len(data.labels)).float()
             weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay,
+                                      fused=device in ("cpu", "cuda"))  # one pass over the parameters
         log(f"model {model_name}: {count_parameters(model, False):,} parameters, "
             f"{count_parameters(model):,} trainable ({opts.trainable}); device {device}")
         torch.manual_seed(opts.seed)

@@ -122,6 +122,9 @@ class LlamaModel(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
+        cos, sin = rope_tables(cfg.emb_dim // cfg.n_heads, cfg.context_length, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)  # derived from the config: not saved
+        self.register_buffer("rope_sin", sin, persistent=False)
         rope = [self._rope_for]
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg, rope) for _ in range(cfg.n_layers))
         self.final_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
@@ -129,17 +132,10 @@ class LlamaModel(nn.Module):
         self.apply(_init_weights)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
-        self._rope_cache = None
 
     def _rope_for(self, x):
-        """cos/sin tables long enough for x, on x's device, grown on demand (not saved with the weights)."""
-        T = x.shape[1]
-        if self._rope_cache is None or self._rope_cache[0].shape[0] < T or self._rope_cache[0].device != x.device:
-            length = max(T, 256)
-            cos, sin = rope_tables(self.cfg.emb_dim // self.cfg.n_heads, length, self.cfg.rope_base)
-            self._rope_cache = (cos.to(x.device), sin.to(x.device))
-        cos, sin = self._rope_cache
-        return cos.to(x.dtype), sin.to(x.dtype)
+        """The cos/sin tables, in x's dtype (rope_tables builds them in float32)."""
+        return self.rope_cos.to(x.dtype), self.rope_sin.to(x.dtype)
 
     def embed(self, in_idx):
         return self.drop_emb(self.tok_emb(in_idx))

@@ -1,0 +1,44 @@
+"""Shared fixtures: the read-only ../shared folder (LLMCLF_SHARED_DIR), a tiny trained run, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LLMCLF_SHARED_DIR", ROOT.parent / "shared")).resolve()
+SMS_FILE = SHARED / "data" / "sms_spam_collection" / "SMSSpamCollection"
+GPT2_TOKENIZER_DIR = SHARED / "tokenizers" / "gpt2"
+
+
+def run_cli(*args, input=None, timeout=600, env=None):
+    """Run `python -m llmclf ARGS` in a real subprocess; returns CompletedProcess with text output."""
+    return subprocess.run([sys.executable, "-m", "llmclf", *map(str, args)], capture_output=True, text=True,
+                          input=input, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def sms_file():
+    if not SMS_FILE.is_file():
+        pytest.fail(f"{SMS_FILE} missing: set LLMCLF_SHARED_DIR to the shared folder")
+    return SMS_FILE
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from llmclf.tokenizer import GPT2Tokenizer
+    return GPT2Tokenizer(GPT2_TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, sms_file):
+    """A gpt2-tiny classifier trained for 2 epochs on the real SMS data, through the CLI."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "2", "--data-file", sms_file,
+                "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out, "--lr", "1e-3")
+    assert r.returncode == 0, r.stderr
+    return out

@@ -1,0 +1,109 @@
+import json
+
+import pandas as pd
+import pytest
+
+from llmclf.data import (BatchLoader, ClassificationDataset, create_balanced_dataset, length_sorted_chunks,
+                         pad_batch, prepare_data, random_split, read_table)
+from llmclf.errors import LlmclfError
+
+
+def test_uci_file_read_as_the_book_does(sms_file):
+    df = read_table(sms_file)
+    # Default quoting merges two lines with unbalanced quotes: 5,572 rows, the count the book reports.
+    assert len(df) == 5572
+    assert df["label"].value_counts().to_dict() == {"ham": 4825, "spam": 747}
+
+
+def test_balanced_split_matches_the_book(sms_file):
+    data = prepare_data(read_table(sms_file), "sms")
+    assert (len(data.train), len(data.validation), len(data.test)) == (1045, 149, 300)
+    assert data.labels == ["ham", "spam"]
+    both = pd.concat([data.train, data.validation, data.test])
+    assert both["label"].value_counts().to_dict() == {"ham": 747, "spam": 747}
+    assert data.train.iloc[0]["text"] == "Dude how do you like the buff wind."  # the book's train.csv row 1
+
+
+def test_balance_undersamples_every_class_and_split_is_seeded():
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(60)], "label": ["a"] * 40 + ["b"] * 12 + ["c"] * 8})
+    bal = create_balanced_dataset(df, seed=1)
+    assert bal["label"].value_counts().to_dict() == {"a": 8, "b": 8, "c": 8}
+    t1, v1, s1 = random_split(bal, 0.5, 0.25, seed=7)
+    t2, _, _ = random_split(bal, 0.5, 0.25, seed=7)
+    assert list(t1["text"]) == list(t2["text"]) and (len(t1), len(v1), len(s1)) == (12, 6, 6)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_user_files_with_named_columns(tmp_path, fmt):
+    rows = [{"msg": f"message number {i}", "cat": i % 3} for i in range(30)]
+    p = tmp_path / f"d.{fmt}"
+    if fmt == "jsonl":
+        p.write_text("\n".join(json.dumps(r) for r in rows))
+    else:
+        pd.DataFrame(rows).to_csv(p, sep="," if fmt == "csv" else "\t", index=False)
+    df = read_table(p, text_column="msg", label_column="cat")
+    assert len(df) == 30 and sorted(df["label"].unique()) == ["0", "1", "2"]
+    assert df.iloc[4]["text"] == "message number 4"
+
+
+def test_default_columns_and_csv_quoting(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text('id,Label,Text\n1,pos,"a ""quoted"" text,\nwith a newline"\n2,neg,plain\n', encoding="utf-8")
+    df = read_table(p)
+    assert list(df["label"]) == ["pos", "neg"]
+    assert df.iloc[0]["text"] == 'a "quoted" text,\nwith a newline'
+
+
+def test_bom_and_crlf_and_blank_texts(tmp_path, capsys):
+    p = tmp_path / "d.tsv"
+    p.write_bytes("\ufefftext\tlabel\r\nhello\ta\r\n   \tb\nworld\tb\n".encode("utf-8"))
+    df = read_table(p)
+    assert list(df["text"]) == ["hello", "world"]
+    assert "skipped 1 row(s) with an empty text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,kwargs,message", [
+    (None, {}, "no such file"),
+    (b"", {}, "file is empty"),
+    (b"text,label\nhi,a\n", {"text_column": "body"}, "no text column 'body'"),
+    (b"text,label\n\xff\xfe bad,a\n", {}, "not UTF-8"),
+])
+def test_read_errors(tmp_path, content, kwargs, message):
+    p = tmp_path / "d.csv"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(LlmclfError, match=message):
+        read_table(p, **kwargs)
+
+
+def test_one_class_is_refused(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\na,x\nb,x\n")
+    with pytest.raises(LlmclfError, match="at least two classes"):
+        prepare_data(read_table(p), str(p))
+
+
+def test_dataset_pads_per_batch_and_truncates(gpt2_tokenizer):
+    df = pd.DataFrame({"text": ["hi", "a much longer message than the first one"], "label": ["a", "b"]})
+    ds = ClassificationDataset(df, gpt2_tokenizer, ["a", "b"])
+    assert ds.max_length == len(gpt2_tokenizer.encode(df.text[1]))
+    short = ClassificationDataset(df, gpt2_tokenizer, ["a", "b"], max_length=3)
+    assert max(map(len, short.encoded)) == 3
+    ids, lengths = pad_batch(ds.encoded, 50256)
+    assert ids.shape == (2, ds.max_length) and lengths.tolist() == [1, ds.max_length]
+    assert (ids[0, 1:] == 50256).all()
+    ids, lengths = pad_batch(ds.encoded, 50256, fixed_length=20)  # the book's fixed padding
+    assert ids.shape == (2, 20) and lengths.tolist() == [20, 20]
+
+
+def test_batch_loader_is_seeded_and_chunks_bound_padding():
+    a = BatchLoader(10, 3, list, shuffle=True, drop_last=True, seed=5)
+    b = BatchLoader(10, 3, list, shuffle=True, drop_last=True, seed=5)
+    ea, eb = list(a), list(b)
+    assert ea == eb and len(ea) == 3 and all(len(x) == 3 for x in ea)
+    assert len(set(sum(ea, []))) == 9  # drop_last: 9 distinct examples, no repeats
+    assert list(a) != ea  # a new order each epoch
+    lengths = [5, 1, 9, 3, 7]
+    chunks = list(length_sorted_chunks(lengths, max_tokens=10))
+    assert sorted(sum(chunks, [])) == [0, 1, 2, 3, 4]
+    assert all(max(lengths[i] for i in c) * len(c) <= 10 for c in chunks)

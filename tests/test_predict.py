@@ -1,0 +1,86 @@
+"""Predictions do not depend on batch composition, and predict reads what train wrote."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_cli
+from llmclf.classifier import TextClassifier
+from llmclf.models import MODELS, build_model
+from llmclf.predict import Classifier, load_classifier, predict_encoded, predict_texts
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("pooling", ["last_nonpad", "mean", "first"])
+def test_padding_invariance(arch, pooling):
+    torch.manual_seed(0)
+    backbone = build_model(MODELS[f"{arch}-tiny"].config)
+    model = TextClassifier(backbone, 3, pooling).eval()
+    with torch.no_grad():
+        model.backbone.out_head.weight.normal_(0, 1.0)  # a head that separates, so differences would show
+
+    class Tok:
+        pad_id = 0
+
+    clf = Classifier(model, Tok(), {"labels": ["a", "b", "c"], "max_length": 200})
+    g = torch.Generator().manual_seed(1)
+    short = torch.randint(1, 1000, (5,), generator=g).tolist()
+    longs = [torch.randint(1, 1000, (n,), generator=g).tolist() for n in (150, 90, 180)]
+    alone = predict_encoded(clf, [short])[0]
+    in_batch = predict_encoded(clf, longs + [short] + longs, batch_size=8)[3]
+    assert int(alone.argmax()) == int(in_batch.argmax())
+    assert torch.allclose(alone, in_batch, atol=1e-4)
+
+
+def test_trained_run_files_and_metrics(tiny_run):
+    for name in ("train.csv", "validation.csv", "test.csv", "history.csv", "loss.png", "accuracy.png",
+                 "metrics.json", "model/model.safetensors", "model/config.json"):
+        assert (tiny_run / name).is_file(), name
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    for split in ("train", "validation", "test"):
+        for key in ("accuracy", "loss", "precision", "recall", "f1", "balanced_accuracy"):
+            assert 0 <= m[split][key] <= (1 if key != "loss" else 10), (split, key)
+    assert m["num_examples"] == {"train": 1045, "validation": 149, "test": 300}
+    assert len(m["test"]["confusion_matrix"]) == 2 and sum(map(sum, m["test"]["confusion_matrix"])) == 300
+    assert 0 <= m["test"]["roc_auc"] <= 1 and m["train_seconds"] > 0 and m["model"] == "gpt2-tiny"
+    assert m["data_source"].endswith("SMSSpamCollection")
+    # balanced data: the majority class scores 50%; training must do clearly better
+    assert m["test"]["accuracy"] > 0.6
+    import pandas as pd
+    hist = pd.read_csv(tiny_run / "history.csv")
+    losses = hist["train_loss"].dropna().tolist()
+    assert losses[-1] < losses[0]
+
+
+def test_predict_cli_and_library_agree(tiny_run):
+    texts = ["WINNER!! Claim your prize now", "See you at lunch?"]
+    r = run_cli("predict", tiny_run, *texts)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().split("\n")
+    clf = load_classifier(tiny_run, "cpu")
+    probs = predict_texts(clf, texts)
+    for line, p in zip(lines, probs):
+        label, prob = line.split("\t")
+        assert label == clf.labels[int(p.argmax())] and float(prob) == pytest.approx(float(p.max()), abs=1e-4)
+
+
+def test_predict_input_file_json_and_stdin(tiny_run, tmp_path):
+    f = tmp_path / "in.csv"
+    f.write_text('text\n"hello, there"\nFREE entry win cash\n')
+    r = run_cli("predict", tiny_run, "--input", f, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.strip().split("\n")]
+    assert [x["text"] for x in rows] == ["hello, there", "FREE entry win cash"]
+    assert all(abs(sum(x["probabilities"].values()) - 1) < 1e-4 for x in rows)
+    r2 = run_cli("predict", tiny_run, "--input", "-", input="hello, there\nFREE entry win cash\n")
+    assert [x.split("\t")[0] for x in r2.stdout.strip().split("\n")] == [x["label"] for x in rows]
+
+
+def test_evaluate_reads_a_labelled_file(tiny_run):
+    r = run_cli("evaluate", tiny_run, "--data-file", tiny_run / "test.csv")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    saved = json.loads((tiny_run / "metrics.json").read_text())["test"]
+    assert got["num_examples"] == 300
+    assert got["accuracy"] == pytest.approx(saved["accuracy"], abs=1e-9)

@@ -1,0 +1,83 @@
+"""The frozen-prefix cache gives the same training as recomputing every block (the exactness claim)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from llmclf.classifier import TextClassifier, count_parameters, set_trainable
+from llmclf.models import MODELS, build_model
+from llmclf.train import TrainState, make_loaders, train_classifier_simple
+
+
+class FakeDataset:
+    """Random token lists of varied length, as ClassificationDataset would hold them."""
+
+    def __init__(self, n, vocab, seed, max_len=30):
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(1, max_len, (n,), generator=g).tolist()
+        self.encoded = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
+        self.targets = torch.randint(0, 2, (n,), generator=g).tolist()
+        self.max_length = max(lengths)
+        self.pad_id = 0
+
+    def __len__(self):
+        return len(self.encoded)
+
+
+def _train(arch, trainable, pooling, cache, steps_epochs=2, causal=True):
+    torch.manual_seed(0)
+    backbone = build_model(replace(MODELS[f"{arch}-tiny"].config, n_layers=3))
+    model = TextClassifier(backbone, 2, pooling, causal)
+    set_trainable(model, trainable)
+    vocab = backbone.cfg.vocab_size
+    datasets = {"train": FakeDataset(40, vocab, 1), "validation": FakeDataset(12, vocab, 2),
+                "test": FakeDataset(12, vocab, 3)}
+    loaders, info = make_loaders(model, datasets, 4, "cpu", seed=3, cache=cache, log=lambda *_: None)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.1)
+    state = TrainState()
+    train_classifier_simple(model, loaders["train"], loaders["validation"], opt, "cpu", steps_epochs, 3, 2,
+                            state=state, log=lambda *_: None, progress=False)
+    return state.history, info, model
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("trainable,pooling", [("last_block", "last_nonpad"), ("last_two_blocks", "mean"),
+                                               ("last_layer", "last_nonpad"), ("last_block", "last")])
+def test_cached_training_equals_uncached(arch, trainable, pooling):
+    cached, info_c, _ = _train(arch, trainable, pooling, "auto")
+    plain, info_p, _ = _train(arch, trainable, pooling, "off")
+    expected_start = {"last_block": 2, "last_two_blocks": 1, "last_layer": 3}[trainable]  # of 3 blocks
+    assert info_c["cache_start_block"] == expected_start and not info_p["cache"]
+    assert len(cached) == len(plain) > 4
+    for a, b in zip(cached, plain):
+        for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a, b)
+
+
+def test_cache_is_not_used_when_it_would_not_be_exact():
+    _, info, _ = _train("gpt2", "all", "last_nonpad", "auto", steps_epochs=1)
+    assert not info["cache"]
+
+
+def test_training_lowers_the_loss():
+    history, _, _ = _train("gpt2", "last_block", "last_nonpad", "auto", steps_epochs=6)
+    losses = [h["train_loss"] for h in history if "train_loss" in h]
+    assert losses[-1] < losses[0] - 0.05
+
+
+def test_trainable_parameter_counts_per_option():
+    cfg = MODELS["gpt2-tiny"].config
+    d = cfg.emb_dim
+    block = 4 * (d * d + d) + 2 * (d * 4 * d) + 4 * d + d + 2 * 2 * d  # att + ff + biases + two norms
+    head = d * 2 + 2
+    norm = 2 * d
+    counts = {}
+    for option in ("last_layer", "last_block", "last_two_blocks", "all"):
+        model = set_trainable(TextClassifier(build_model(cfg), 2), option)
+        counts[option] = count_parameters(model)
+    assert counts["last_layer"] == head
+    assert counts["last_block"] == head + norm + block
+    assert counts["last_two_blocks"] == head + norm + 2 * block
+    assert counts["all"] == count_parameters(model, trainable_only=False)
