@@ -81,6 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=20)
 
+    p = sub.add_parser("serve", help="serve a saved classifier over HTTP (REST API and a web page)")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes (each loads the model once)")
+    p.add_argument("--max-texts", type=int, default=64, help="most texts per request")
+    p.add_argument("--max-chars", type=int, default=10000, help="longest text accepted, in characters")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("experiment", help="run a grid of fine-tuning configurations on one split")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--grid", help="TOML file listing the configurations")
+    g.add_argument("--preset", choices=["book-table"], help="a built-in grid")
+    p.add_argument("--out", required=True, help="results directory (a rerun skips finished rows)")
+    _add_data_args(p)
+    p.add_argument("--model", default=None, help="backbone for rows that do not name one")
+    p.add_argument("--epochs", type=int, default=None, help="epochs for rows that do not set them")
+    p.add_argument("--tokenizer-dir")
+
+    p = sub.add_parser("baseline", help="classical baselines (majority, TF-IDF + LR, TF-IDF + NB) on the same split")
+    _add_data_args(p)
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("download", help="fetch a model's weights (and tokenizer) into the cache")
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--list", action="store_true", help="list the named models")
@@ -185,8 +208,36 @@ def cmd_download(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from .serve import serve
+    serve(a.run_dir, host=a.host, port=a.port, workers=a.workers, max_texts=a.max_texts, max_chars=a.max_chars,
+          device=a.device)
+    return 0
+
+
+def _data_options(a) -> dict:
+    return {k: getattr(a, k) for k in ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")}
+
+
+def cmd_experiment(a) -> int:
+    from .experiment import run_experiments
+    base = _data_options(a)
+    for k in ("model", "epochs", "tokenizer_dir"):
+        if getattr(a, k) is not None:
+            base[k] = getattr(a, k)
+    run_experiments(grid=a.grid, preset=a.preset, out=a.out, base=base)
+    return 0
+
+
+def cmd_baseline(a) -> int:
+    from .baseline import run_baselines
+    run_baselines(out=a.out, data=_data_options(a))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "finetune": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "generate": cmd_generate, "download": cmd_download}
+            "generate": cmd_generate, "download": cmd_download, "serve": cmd_serve, "experiment": cmd_experiment,
+            "baseline": cmd_baseline}
 
 
 def main(argv=None) -> int:
