@@ -155,12 +155,12 @@ def finetune(opts: FinetuneOptions) -> dict:
     if dtype == torch.bfloat16 and device == "cpu":
         log("warning: bfloat16 on a CPU without native support is far slower than float32")
     data = load_data(opts)
+    t_start = time.perf_counter()  # data ready: train_seconds runs from here to the final metrics
     log(f"data: {data.source}; class counts {data.class_counts}; "
         f"{'balanced, ' if opts.balance else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
     model, tokenizer, model_name = build_classifier(opts, len(data.labels))
     model.to(device=device, dtype=dtype)
 
-    t_start = time.perf_counter()
     train_ds = ClassificationDataset(data.train, tokenizer, data.labels)
     max_length = resolve_max_length(opts.context_length, train_ds.max_length, model.backbone.cfg.context_length)
     datasets = {"train": ClassificationDataset(data.train, tokenizer, data.labels, max_length),
@@ -187,7 +187,6 @@ def finetune(opts: FinetuneOptions) -> dict:
             model, loaders["train"], loaders["validation"], optimizer, device, opts.epochs, opts.eval_freq,
             opts.eval_iter, grad_accum=opts.grad_accum, class_weight=weight, state=(state := _new_state()), log=log,
             progress=not opts.quiet and sys.stderr.isatty())
-        train_seconds = time.perf_counter() - t_start
 
         metrics = {"llmclf_version": __version__, "model": model_name, "weights": opts.weights,
                    "data_source": data.source, "labels": data.labels, "class_counts": data.class_counts}
@@ -196,6 +195,7 @@ def finetune(opts: FinetuneOptions) -> dict:
             full.drop_last = False  # metrics over the whole split
             logits, targets = predict_loader(full, model)
             metrics[split] = classification_metrics(logits, targets, len(data.labels), with_curves=split == "test")
+        train_seconds = time.perf_counter() - t_start
         metrics.update({"train_seconds": round(train_seconds, 3), "examples_seen": examples_seen,
                         "trainable_parameters": count_parameters(model), "max_length": max_length,
                         "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info,
