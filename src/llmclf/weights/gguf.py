@@ -8,12 +8,16 @@ The tokenizer is rebuilt from the file's metadata (a GGUF carries no tokenizer.j
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import LlmclfError
 from ..models.llama import LlamaConfig, LlamaModel
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 # GGUF tensor name -> Hugging Face Llama name ("blk.N.<key>.weight" for the per-layer ones).
 _GLOBAL_NAMES = {
@@ -33,6 +37,7 @@ _DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "codeshell", "command-r", "
 _GPT2_PRE = {"default", "gpt-2", "gpt2", "mpt", "olmo", "jais"}
 
 CONTROL, USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+_REQUIRED = object()
 
 
 def _why(e: BaseException) -> str:
@@ -54,10 +59,10 @@ class _Gguf:
         except Exception as e:  # truncated or not GGUF at all: the reader raises ValueError and friends
             raise LlmclfError(f"{self.path}: not a readable GGUF file ({_why(e)})") from None
 
-    def get(self, key: str, default=KeyError):
+    def get(self, key: str, default=_REQUIRED):
         field = self.reader.fields.get(key)
         if field is None:
-            if default is KeyError:
+            if default is _REQUIRED:
                 raise LlmclfError(f"{self.path}: GGUF metadata has no {key!r}")
             return default
         try:
@@ -105,16 +110,15 @@ def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     Reading the rows back as (n_head, hd // 2, 2, dim) and swapping the same axes restores HF's order.
     """
     rows, dim = w.shape
-    return w.reshape(n_head, 2, rows // n_head // 2, dim).reshape(n_head, rows // n_head // 2, 2, dim) \
-        .transpose(1, 2).reshape(rows, dim) if False else \
-        w.reshape(n_head, rows // n_head // 2, 2, dim).transpose(1, 2).reshape(rows, dim)
+    return w.reshape(n_head, rows // n_head // 2, 2, dim).transpose(1, 2).reshape(rows, dim)
 
 
 def _hf_name(name: str) -> str | None:
     if name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[name]
     parts = name.split(".")  # blk.N.attn_q.weight
-    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_NAMES and parts[3] == "weight":
+    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_NAMES \
+            and parts[3] == "weight":
         return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.weight"
     return None
 
@@ -142,7 +146,7 @@ def _hf_tensors(g: _Gguf, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
     return out
 
 
-def _tokenizer(g: _Gguf):
+def _tokenizer(g: _Gguf) -> tuple[Tokenizer, dict]:
     """(tokenizers.Tokenizer, special ids) from the tokenizer.ggml.* metadata; encodes without adding BOS."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
@@ -181,20 +185,23 @@ def _tokenizer(g: _Gguf):
     return tok, special
 
 
-def load_gguf_tokenizer(path):
+def load_gguf_tokenizer(path) -> tuple[Tokenizer, dict]:
     """(tokenizers.Tokenizer, {"eos_id", "pad_id", "bos_id"}) of a GGUF file, without loading its weights."""
     return _tokenizer(_Gguf(path))
 
 
-def load_gguf(path) -> tuple[LlamaModel, LlamaConfig, "Tokenizer", dict]:  # noqa: F821
+def load_gguf(path) -> tuple[LlamaModel, LlamaConfig, Tokenizer, dict]:
     """(model in float32, config, tokenizers.Tokenizer, {"eos_id", "pad_id", "bos_id"}) from a GGUF file."""
     from .hf import llama_state_from_hf, model_from_state
 
     g = _Gguf(path)
     tokenizer, special = _tokenizer(g)
     names = {t.name for t in g.reader.tensors}
-    cfg = _config(g, len(g.get("tokenizer.ggml.tokens")), names)
-    state = llama_state_from_hf(_hf_tensors(g, cfg), cfg)
+    cfg = _config(g, len(g.reader.fields["tokenizer.ggml.tokens"].data), names)  # .data: one entry per token
+    try:
+        state = llama_state_from_hf(_hf_tensors(g, cfg), cfg)
+    except KeyError as e:
+        raise LlmclfError(f"{g.path}: GGUF file lacks a tensor ({e.args[0]} in Hugging Face naming)") from None
     model = model_from_state(cfg, state, str(g.path))
     return model, cfg, tokenizer, special
 
