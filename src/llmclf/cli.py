@@ -37,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", aliases=["finetune"], help="fine-tune a classifier and evaluate it")
     _add_data_args(p)
     _add_model_args(p)
-    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--out", help="run directory to create (required unless --resume)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints "
+                   "(0: only at epoch ends)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -112,9 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a) -> int:
-    from .finetune import FinetuneOptions, finetune
-    opts = FinetuneOptions(**{k: v for k, v in vars(a).items() if k in FinetuneOptions.__dataclass_fields__})
-    metrics = finetune(opts)
+    from .finetune import FinetuneOptions, TrainingInterrupted, finetune, resume
+    try:
+        if a.resume:
+            metrics = resume(a.resume)
+            a.out = a.resume
+        else:
+            if not a.out:
+                raise LlmclfError("--out RUN_DIR is required (or --resume RUN_DIR)")
+            opts = FinetuneOptions(**{k: v for k, v in vars(a).items() if k in FinetuneOptions.__dataclass_fields__})
+            metrics = finetune(opts)
+    except TrainingInterrupted as e:
+        print(f"llmclf: {e}", file=sys.stderr)
+        return 130
     t = metrics["test"]
     print(f"test accuracy {t['accuracy']:.4f}  f1 {t['f1']:.4f}  loss {t['loss']:.4f}  "
           f"train_seconds {metrics['train_seconds']:.1f}  run {a.out}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +51,7 @@ class FinetuneOptions:
     dtype: str = "float32"
     tokenizer_dir: str | None = None
     overwrite: bool = False
+    checkpoint_every: int = 50           # optimizer steps between checkpoints (0: epoch ends only)
     quiet: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -92,6 +95,7 @@ def build_classifier(opts, num_classes: int):
         raise LlmclfError(f"--pooling must be one of {', '.join(POOLINGS)}")
     if opts.trainable not in TRAINABLE:
         raise LlmclfError(f"--trainable must be one of {', '.join(TRAINABLE)}")
+    torch.manual_seed(opts.seed)  # random backbone weights are part of the run: seeded, so runs repeat
     backbone, tokenizer, name = load_backbone(opts.model, opts.weights, opts.tokenizer_dir)
     torch.manual_seed(opts.seed)  # the book seeds before creating the class head
     model = TextClassifier(backbone, num_classes, opts.pooling, opts.causal)
@@ -131,7 +135,29 @@ def write_plots(run_dir: Path, history: list, num_epochs: int) -> None:
                     [h["val_acc"] for h in accs], "accuracy", run_dir / "accuracy.png")
 
 
-def finetune(opts: FinetuneOptions) -> dict:
+class TrainingInterrupted(LlmclfError):
+    """Ctrl-C during training: the checkpoint is saved and the run can be resumed."""
+
+
+RUN_OPTIONS = "run.json"
+
+
+def resume(run_dir) -> dict:
+    """Continue a run from RUN_DIR/checkpoint.safetensors with the options it was started with."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        raise LlmclfError(f"{run_dir}: run already complete (metrics.json exists); nothing to resume")
+    f = run_dir / RUN_OPTIONS
+    if not f.is_file():
+        raise LlmclfError(f"{run_dir}: not a resumable run directory (no {RUN_OPTIONS})")
+    saved = json.loads(f.read_text())
+    saved["split"] = tuple(saved["split"])
+    opts = FinetuneOptions(**{k: v for k, v in saved.items() if k in FinetuneOptions.__dataclass_fields__})
+    opts.out = str(run_dir)
+    return finetune(opts, resuming=True)
+
+
+def finetune(opts: FinetuneOptions, resuming: bool = False) -> dict:
     """Run the whole job; returns the metrics written to RUN_DIR/metrics.json."""
     from . import __version__
     from .artifact import atomic_write_text, save_classifier
@@ -139,11 +165,12 @@ def finetune(opts: FinetuneOptions) -> dict:
     from .data import ClassificationDataset
     from .metrics import classification_metrics, predict_loader
     from .predict import pick_device
-    from .train import make_loaders, train_classifier_simple
+    from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+    from .train import TrainState, make_loaders, train_classifier_simple
 
     log = _log(opts)
     out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
+    if out.exists() and not opts.overwrite and not resuming:
         raise LlmclfError(f"{out}: run directory exists; pass --overwrite to replace it or choose another --out")
     for name in ("epochs", "batch_size", "grad_accum", "eval_freq"):
         if getattr(opts, name) < (0 if name == "epochs" else 1):
@@ -167,8 +194,10 @@ def finetune(opts: FinetuneOptions) -> dict:
                 "validation": ClassificationDataset(data.validation, tokenizer, data.labels, max_length),
                 "test": ClassificationDataset(data.test, tokenizer, data.labels, max_length)}
 
-    prepare_run_dir(out, opts.overwrite)
+    if not resuming:
+        prepare_run_dir(out, opts.overwrite)
     try:
+        atomic_write_text(out / RUN_OPTIONS, json.dumps(asdict(opts), indent=2))
         for split in ("train", "validation", "test"):
             getattr(data, split).to_csv(out / f"{split}.csv", index=False)
         loaders, cache_info = make_loaders(model, datasets, opts.batch_size, device, seed=opts.seed,
@@ -183,10 +212,23 @@ def finetune(opts: FinetuneOptions) -> dict:
         log(f"model {model_name}: {count_parameters(model, False):,} parameters, "
             f"{count_parameters(model):,} trainable ({opts.trainable}); device {device}")
         torch.manual_seed(opts.seed)
-        _, _, _, _, examples_seen = train_classifier_simple(
-            model, loaders["train"], loaders["validation"], optimizer, device, opts.epochs, opts.eval_freq,
-            opts.eval_iter, grad_accum=opts.grad_accum, class_weight=weight, state=(state := _new_state()), log=log,
-            progress=not opts.quiet and sys.stderr.isatty())
+        state = TrainState()
+        if resuming and (out / CHECKPOINT).is_file():
+            state = load_checkpoint(out, model, optimizer, loaders["train"])
+            log(f"resuming at epoch {state.epoch + 1}, step {state.global_step + 1}")
+        with _stop_on_ctrl_c() as stop:
+            def on_step(st, epoch_end):
+                due = opts.checkpoint_every and st.global_step % opts.checkpoint_every == 0
+                if epoch_end or due or stop.requested:
+                    save_checkpoint(out, model, optimizer, loaders["train"], st)
+                if stop.requested:
+                    raise TrainingInterrupted(f"interrupted at step {st.global_step}; checkpoint saved; continue "
+                                              f"with: llmclf train --resume {out}")
+
+            _, _, _, _, examples_seen = train_classifier_simple(
+                model, loaders["train"], loaders["validation"], optimizer, device, opts.epochs, opts.eval_freq,
+                opts.eval_iter, grad_accum=opts.grad_accum, class_weight=weight, state=state, on_step=on_step,
+                log=log, progress=not opts.quiet and sys.stderr.isatty())
 
         metrics = {"llmclf_version": __version__, "model": model_name, "weights": opts.weights,
                    "data_source": data.source, "labels": data.labels, "class_counts": data.class_counts}
@@ -205,13 +247,34 @@ def finetune(opts: FinetuneOptions) -> dict:
         save_classifier(model, tokenizer, out / "model", labels=data.labels, max_length=max_length,
                         model_name=model_name, extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")}})
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # written last: marks a complete run
+        (out / CHECKPOINT).unlink(missing_ok=True)
         log(f"test accuracy {metrics['test']['accuracy'] * 100:.2f}%  (train {train_seconds:.1f}s) -> {out}")
         return metrics
+    except TrainingInterrupted:
+        raise
     except LlmclfError:
-        shutil.rmtree(out, ignore_errors=True)
+        if not (out / CHECKPOINT).exists():  # nothing worth keeping: leave no half-written run behind
+            shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _new_state():
-    from .train import TrainState
-    return TrainState()
+class _stop_on_ctrl_c:
+    """First Ctrl-C asks the loop to checkpoint and stop after the current step; a second one stops at once."""
+
+    def __enter__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("llmclf: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
