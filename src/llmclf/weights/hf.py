@@ -48,7 +48,15 @@ def gpt2_config_from_hf(c: dict) -> GPTConfig:
 
 
 def llama_config_from_hf(c: dict) -> LlamaConfig:
-    rope = c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+    rope_params = c.get("rope_parameters") or {}
+    scaling = c.get("rope_scaling") or ({} if rope_params.get("rope_type", "default") == "default" else rope_params)
+    if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
+        raise LlmclfError(f"RoPE scaling {scaling.get('rope_type', scaling.get('type'))!r} is not supported "
+                          "(SmolLM2 and Llama 2 style models use none)")
+    head_dim = c.get("head_dim")
+    if head_dim is not None and head_dim != c["hidden_size"] // c["num_attention_heads"]:
+        raise LlmclfError(f"head_dim {head_dim} != hidden_size / num_attention_heads is not supported")
+    rope = c.get("rope_theta") or rope_params.get("rope_theta") or 10000.0
     return LlamaConfig(vocab_size=c["vocab_size"], context_length=c.get("max_position_embeddings", 2048),
                        emb_dim=c["hidden_size"], n_heads=c["num_attention_heads"],
                        n_kv_groups=c.get("num_key_value_heads") or c["num_attention_heads"],
