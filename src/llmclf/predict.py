@@ -49,7 +49,7 @@ def load_classifier(path, device: str = "auto") -> Classifier:
 
 
 def encode_texts(clf: Classifier, texts: list[str]) -> list[list[int]]:
-    return [e[: clf.max_length] or [clf.tokenizer.pad_id] for e in clf.tokenizer.encode_batch(list(texts))]
+    return [e or [clf.tokenizer.pad_id] for e in clf.tokenizer.encode_batch(list(texts), clf.max_length)]
 
 
 @torch.inference_mode()

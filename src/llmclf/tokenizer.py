@@ -14,8 +14,12 @@ from .errors import LlmclfError
 GPT2_FILES = {"vocab.bpe": "gpt2-vocab.bpe", "encoder.json": "gpt2-encoder.json"}  # file -> assets entry
 
 
-def _clean(text: str) -> str:
-    # Lone surrogates cannot be encoded as UTF-8; replace them instead of crashing the tokenizer.
+def _clean(text: str, max_length: int | None = None, longest_token: int = 128) -> str:
+    """Lone surrogates (not encodable as UTF-8) become '?'. With max_length, the text is first cut to
+    max_length * longest_token characters: the first max_length tokens never span more (a token covers at
+    most longest_token characters), and BPE on a multi-megabyte text would otherwise take minutes."""
+    if max_length is not None:
+        text = text[: max_length * longest_token]
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
@@ -51,8 +55,10 @@ class GPT2Tokenizer:
         # encode_ordinary: a message that contains the text "<|endoftext|>" is ordinary text, not a control token.
         return self.enc.encode_ordinary(_clean(text))
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.enc.encode_ordinary_batch([_clean(t) for t in texts])
+    def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids of each text, at most max_length of them when given."""
+        ids = self.enc.encode_ordinary_batch([_clean(t, max_length, 128) for t in texts])
+        return [e[:max_length] for e in ids] if max_length is not None else ids
 
     def decode(self, ids: list[int]) -> str:
         return self.enc.decode(ids)
@@ -71,6 +77,7 @@ class HFTokenizer:
     def __init__(self, tokenizer, pad_id: int, eos_id: int):
         self.tok = tokenizer
         self.pad_id, self.eos_id = pad_id, eos_id
+        self._longest = None  # longest vocabulary entry, computed on first truncated encode
 
     @classmethod
     def from_file(cls, path: Path, pad_id: int | None = None, eos_id: int | None = None):
@@ -86,8 +93,13 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(_clean(text), add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch([_clean(t) for t in texts], add_special_tokens=False)]
+    def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids of each text, at most max_length of them when given."""
+        if max_length is not None and self._longest is None:
+            self._longest = max(len(t) for t in self.tok.get_vocab())  # byte-level symbols: >= chars covered
+        cleaned = [_clean(t, max_length, self._longest or 0) for t in texts]
+        ids = [e.ids for e in self.tok.encode_batch(cleaned, add_special_tokens=False)]
+        return [e[:max_length] for e in ids] if max_length is not None else ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
