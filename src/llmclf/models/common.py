@@ -4,7 +4,16 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+
+def init_weights(module):
+    """GPT-2's initialisation, N(0, 0.02) and zero biases, for --weights random (a pretrained load overwrites it)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 def gather_positions(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

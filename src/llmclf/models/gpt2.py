@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import attention, gather_positions
+from .common import attention, gather_positions, init_weights
 
 
 @dataclass
@@ -100,7 +100,7 @@ class GPTModel(nn.Module):
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = LayerNorm(cfg.emb_dim)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def embed(self, in_idx):
         """Token plus position embeddings: the input of the first block."""
@@ -112,13 +112,3 @@ class GPTModel(nn.Module):
         for block in self.trf_blocks:
             x = block(x, lengths)
         return self.out_head(self.final_norm(x))
-
-
-def _init_weights(module):
-    # GPT-2's initialisation, used for --weights random (the pretrained loader overwrites all of it).
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import attention, gather_positions
+from .common import attention, gather_positions, init_weights
 
 
 @dataclass
@@ -129,7 +129,7 @@ class LlamaModel(nn.Module):
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg, rope) for _ in range(cfg.n_layers))
         self.final_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
@@ -145,10 +145,3 @@ class LlamaModel(nn.Module):
         for block in self.trf_blocks:
             x = block(x, lengths)
         return self.out_head(self.final_norm(x))
-
-
-def _init_weights(module):
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
