@@ -1,6 +1,10 @@
 """Tokenizers behind one small interface: `encode`, `encode_batch`, `decode`, `pad_id`, `eos_id`, `save`.
 
 GPT-2 uses tiktoken with OpenAI's two BPE files; Llama-family models use the `tokenizers` library.
+`encode_batch` is the classifier's view of texts: with `append_eos` set, every text ends with the model's
+end-of-text token, so pooling at the last real token reads a position that has seen the whole text and
+knows it is over (what the book's padding with <|endoftext|> gives GPT-2). `encode` (generation) never
+appends it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class GPT2Tokenizer:
     """GPT-2 byte-level BPE through tiktoken; <|endoftext|> (50256) pads, as in the book."""
 
     kind = "gpt2-bpe"
+    append_eos = False
 
     def __init__(self, bpe_dir: str | Path | None = None):
         import tiktoken
@@ -58,7 +63,7 @@ class GPT2Tokenizer:
     def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
         """Token ids of each text, at most max_length of them when given."""
         ids = self.enc.encode_ordinary_batch([_clean(t, max_length, 128) for t in texts])
-        return [e[:max_length] for e in ids] if max_length is not None else ids
+        return _finish(ids, max_length, self.eos_id if self.append_eos else None)
 
     def decode(self, ids: list[int]) -> str:
         return self.enc.decode(ids)
@@ -66,13 +71,14 @@ class GPT2Tokenizer:
     def save(self, directory: Path) -> dict:
         for fname, p in self._paths.items():
             shutil.copyfile(p, Path(directory) / fname)
-        return {"type": self.kind, "files": sorted(self._paths)}
+        return {"type": self.kind, "files": sorted(self._paths), "append_eos": self.append_eos}
 
 
 class HFTokenizer:
     """A `tokenizers.Tokenizer` (tokenizer.json or built from GGUF metadata); no BOS is added."""
 
     kind = "hf"
+    append_eos = False
 
     def __init__(self, tokenizer, pad_id: int, eos_id: int):
         self.tok = tokenizer
@@ -99,14 +105,23 @@ class HFTokenizer:
             self._longest = max(len(t) for t in self.tok.get_vocab())  # byte-level symbols: >= chars covered
         cleaned = [_clean(t, max_length, self._longest or 0) for t in texts]
         ids = [e.ids for e in self.tok.encode_batch(cleaned, add_special_tokens=False)]
-        return [e[:max_length] for e in ids] if max_length is not None else ids
+        return _finish(ids, max_length, self.eos_id if self.append_eos else None)
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
 
     def save(self, directory: Path) -> dict:
         self.tok.save(str(Path(directory) / "tokenizer.json"))
-        return {"type": self.kind, "files": ["tokenizer.json"], "pad_id": self.pad_id, "eos_id": self.eos_id}
+        return {"type": self.kind, "files": ["tokenizer.json"], "pad_id": self.pad_id, "eos_id": self.eos_id,
+                "append_eos": self.append_eos}
+
+
+def _finish(ids: list[list[int]], max_length: int | None, eos_id: int | None) -> list[list[int]]:
+    """Truncate to max_length, keeping room for the end-of-text token when one is appended."""
+    if eos_id is None:
+        return [e[:max_length] for e in ids] if max_length is not None else ids
+    keep = None if max_length is None else max_length - 1
+    return [e[:keep] + [eos_id] for e in ids]
 
 
 def _special_id(tok, candidates, default):
@@ -120,10 +135,13 @@ def _special_id(tok, candidates, default):
 def load_saved_tokenizer(directory: Path, cfg: dict):
     """The tokenizer a saved classifier was trained with (see `save`)."""
     if cfg["type"] == GPT2Tokenizer.kind:
-        return GPT2Tokenizer(directory)
-    if cfg["type"] == HFTokenizer.kind:
-        return HFTokenizer.from_file(Path(directory) / "tokenizer.json", cfg["pad_id"], cfg["eos_id"])
-    raise LlmclfError(f"{directory}: unknown tokenizer type {cfg['type']!r}")
+        tok = GPT2Tokenizer(directory)
+    elif cfg["type"] == HFTokenizer.kind:
+        tok = HFTokenizer.from_file(Path(directory) / "tokenizer.json", cfg["pad_id"], cfg["eos_id"])
+    else:
+        raise LlmclfError(f"{directory}: unknown tokenizer type {cfg['type']!r}")
+    tok.append_eos = bool(cfg.get("append_eos", False))
+    return tok
 
 
 def tokenizer_for_dir(path: Path, arch: str, tokenizer_dir=None):
