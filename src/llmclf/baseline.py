@@ -1,0 +1,117 @@
+"""`llmclf baseline`: classical classifiers on exactly the split `llmclf train` uses.
+
+A fine-tuned LLM's accuracy means little without a floor to compare it with. Three floors, each fitted
+on the training split only (TF-IDF vocabulary and idf included) and scored on all three splits:
+
+- majority class: always predicts the most frequent training label (50% on the book's balanced data);
+- TF-IDF + logistic regression (word 1-2-grams, sublinear tf);
+- TF-IDF + multinomial naive Bayes (same features).
+
+The table (results.csv, results.md, accuracy.png) has the columns of `llmclf experiment`'s, so the two
+can be read side by side; `llmclf experiment` appends OUT/baseline/results.csv to its own table when
+it finds one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LlmclfError
+
+DATA_KEYS = ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")
+
+
+def _data_options(data: dict):
+    from .finetune import FinetuneOptions
+    unknown = sorted(set(data) - set(DATA_KEYS))
+    if unknown:
+        raise LlmclfError(f"unknown data option {unknown[0]!r} (known: {', '.join(DATA_KEYS)})")
+    opts = FinetuneOptions(out="", **{k: v for k, v in data.items() if v is not None})
+    opts.split = tuple(opts.split)
+    return opts
+
+
+def _metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
+    import torch
+    from .metrics import classification_metrics
+    logits = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1.0))).float()  # softmax(log p) == p
+    return classification_metrics(logits, torch.from_numpy(y).long(), num_classes)
+
+
+def _models(seed: int):
+    from sklearn.dummy import DummyClassifier
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import MultinomialNB
+    from sklearn.pipeline import make_pipeline
+
+    def tfidf():
+        return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+
+    return [
+        ("majority", "majority class", DummyClassifier(strategy="prior")),
+        ("tfidf-logreg", "TF-IDF + logistic regression",
+         make_pipeline(tfidf(), LogisticRegression(C=10.0, max_iter=2000, random_state=seed))),
+        ("tfidf-nb", "TF-IDF + multinomial naive Bayes", make_pipeline(tfidf(), MultinomialNB(alpha=0.1))),
+    ]
+
+
+def _fitted_parameters(model) -> int:
+    est = model.steps[-1][1] if hasattr(model, "steps") else model
+    if hasattr(est, "coef_"):
+        return int(est.coef_.size + np.size(est.intercept_))
+    if hasattr(est, "feature_log_prob_"):
+        return int(est.feature_log_prob_.size + est.class_log_prior_.size)
+    return int(np.size(getattr(est, "class_prior_", 0)))
+
+
+def run_baselines(out, data: dict | None = None, log=None) -> list[dict]:
+    """Fit the three baselines on the split `llmclf train` would use for these data options; write
+    OUT/results.csv, OUT/results.md and OUT/accuracy.png; return the table rows (dicts)."""
+    from .experiment import write_results
+    from .finetune import load_data
+
+    log = log or (lambda msg: None)
+    opts = _data_options(data or {})
+    prepared = load_data(opts)
+    index = {name: i for i, name in enumerate(prepared.labels)}
+    splits = {s: getattr(prepared, s) for s in ("train", "validation", "test")}
+    X = {s: df["text"].astype(str).tolist() for s, df in splits.items()}
+    y = {s: np.array([index[v] for v in df["label"]], dtype=np.int64) for s, df in splits.items()}
+    k = len(prepared.labels)
+
+    rows = []
+    for name, title, model in _models(opts.seed):
+        t0 = time.perf_counter()
+        model.fit(X["train"], y["train"])
+        seconds = time.perf_counter() - t0
+        m = {}
+        for s in splits:
+            if len(y[s]) == 0:
+                m[s] = {}
+                continue
+            probs = np.zeros((len(y[s]), k))
+            probs[:, model.classes_] = model.predict_proba(X[s])  # classes absent from train get 0
+            m[s] = _metrics(probs, y[s], k)
+        rows.append({
+            "name": name, "kind": "baseline", "model": title, "weights": "-", "trainable_token": "-",
+            "trainable_layers": "-", "context_length": "-",
+            "train_acc": m["train"].get("accuracy"), "validation_acc": m["validation"].get("accuracy"),
+            "test_acc": m["test"].get("accuracy"), "test_f1": m["test"].get("f1"),
+            "trainable_parameters": _fitted_parameters(model), "train_seconds": round(seconds, 3),
+            "notes": "", "run_dir": "",
+        })
+        log(f"{title}: test accuracy {m['test'].get('accuracy', float('nan')) * 100:.2f}% ({seconds:.2f}s)")
+
+    f1_kind = "F1 of the positive class" if k == 2 else "macro F1"
+    intro = (f"Data: {prepared.source}; class counts {prepared.class_counts}; "
+             f"{'balanced (undersampled), ' if opts.balance else 'unbalanced, '}"
+             f"split {len(splits['train'])}/{len(splits['validation'])}/{len(splits['test'])} "
+             f"(seed {opts.seed}), the split `llmclf train` uses with the same data options. "
+             f"Labels: {', '.join(prepared.labels)}; test F1 is the {f1_kind}"
+             f"{' (' + prepared.labels[1] + ')' if k == 2 else ''}.")
+    write_results(Path(out), rows, title="Baselines", intro=intro)
+    return rows

@@ -1,0 +1,303 @@
+"""Experiment grids and baselines: every option is in effect, tables are written, reruns resume."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import GPT2_TOKENIZER_DIR, run_cli
+from llmclf.classifier import TextClassifier, count_parameters, set_trainable
+from llmclf.errors import LlmclfError
+from llmclf.experiment import run_experiments
+from llmclf.lora import LinearWithLoRA
+from llmclf.metrics import calc_loss_batch
+from llmclf.models import MODELS, build_model
+
+SPAM = ["win a free prize now", "claim your cash reward today", "urgent call now to win money",
+        "free entry text win to claim", "you have won a prize call now", "cash bonus claim free now txt"]
+HAM = ["see you at lunch tomorrow", "are we still on for dinner", "i will call you later tonight",
+       "thanks for the book see you", "can you pick up some milk", "running late be there soon"]
+
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: one thread is as fast, and far faster on a busy CPU
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory):
+    """60 texts, 2 classes (balanced) and an unbalanced twin (45 ham / 15 spam)."""
+    d = tmp_path_factory.mktemp("data")
+    rows = [(f"{SPAM[i % 6]} {i}", "spam") for i in range(30)] + [(f"{HAM[i % 6]} {i}", "ham") for i in range(30)]
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(d / "small.csv", index=False)
+    unbalanced = rows[:15] + rows[30:] + [(f"{HAM[i % 6]} again {i}", "ham") for i in range(15)]
+    pd.DataFrame(unbalanced, columns=["text", "label"]).to_csv(d / "unbalanced.csv", index=False)
+    return d / "small.csv", d / "unbalanced.csv"
+
+
+def _tiny(arch="gpt2", pooling="last_nonpad", causal=True, trainable="last_block", **lora):
+    torch.manual_seed(0)
+    model = TextClassifier(build_model(MODELS[f"{arch}-tiny"].config), 2, pooling, causal)
+    return set_trainable(model, trainable, **lora)
+
+
+# ---------------------------------------------------------------- options in effect (in memory)
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_trains_only_adapters_head_and_final_norm(arch):
+    model = _tiny(arch, trainable="lora", lora_rank=4, lora_alpha=8.0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora." in n or n.startswith(("backbone.out_head", "backbone.final_norm"))
+                             for n in trainable), trainable
+    wrapped = [m for m in model.modules() if isinstance(m, LinearWithLoRA)]
+    adapters = sum(m.lora.A.numel() + m.lora.B.numel() for m in wrapped)
+    expected = adapters + sum(p.numel() for p in model.backbone.out_head.parameters()) \
+        + sum(p.numel() for p in model.backbone.final_norm.parameters())
+    assert wrapped and count_parameters(model) == expected
+    assert all(m.lora.A.shape[1] == 4 and m.lora.scaling == 2.0 for m in wrapped)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_leaves_base_weights_unchanged_by_training(arch):
+    model = _tiny(arch, trainable="lora", lora_rank=4, lora_alpha=8.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        ids = torch.randint(0, 1000, (4, 12), generator=g)
+        batch = {"input_ids": ids, "lengths": torch.tensor([12, 9, 5, 12]), "labels": torch.tensor([0, 1, 1, 0])}
+        calc_loss_batch(batch, model).backward()
+        opt.step()
+        opt.zero_grad()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    adapters_b = {n for n, _ in model.named_parameters() if n.endswith(".lora.B")}
+    assert adapters_b <= changed  # B starts at zero and moves
+    assert "backbone.out_head.weight" in changed
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and not (frozen & changed), sorted(frozen & changed)[:5]
+
+
+def test_first_token_pooling_reads_position_zero_and_causal_flag_controls_attention():
+    ids = torch.tensor([[11, 22, 33, 44, 55]])
+    other = torch.tensor([[11, 99, 98, 97, 96]])  # same first token, different rest
+    causal = _tiny(pooling="first", causal=True).eval()
+    full = _tiny(pooling="first", causal=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(causal(ids), causal(other), rtol=0, atol=0)  # position 0 sees only itself
+        assert not torch.allclose(full(ids), full(other), atol=1e-6)  # without the mask it sees later tokens
+        last = _tiny(pooling="last_nonpad").eval()
+        assert not torch.allclose(last(ids), last(other), atol=1e-6)  # the last token does see them
+
+
+def test_class_weights_change_the_loss():
+    model = _tiny()
+    batch = {"input_ids": torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]]), "lengths": torch.tensor([3, 3, 3]),
+             "labels": torch.tensor([0, 0, 1])}
+    plain = calc_loss_batch(batch, model)
+    weighted = calc_loss_batch(batch, model, torch.tensor([0.75, 1.5]))
+    assert not torch.isclose(plain, weighted)
+
+
+# ---------------------------------------------------------------- options in effect (through a grid)
+
+GRID = """
+[defaults]
+model = "gpt2-tiny"
+weights = "random"
+epochs = 1
+batch_size = 4
+lr = 1e-3
+eval_freq = 5
+eval_iter = 2
+
+{rows}
+"""
+
+
+def _grid(path, rows: str):
+    path.write_text(GRID.format(rows=rows))
+    return path
+
+
+def _base(data_file, **kw):
+    return {"data_file": str(data_file), "tokenizer_dir": str(GPT2_TOKENIZER_DIR), **kw}
+
+
+def test_grid_options_reach_training(tmp_path, small_csv):
+    small, unbalanced = small_csv
+    grid = _grid(tmp_path / "g.toml", """
+[[run]]
+name = "last-layer"
+trainable = "last_layer"
+[[run]]
+name = "last-block"
+trainable = "last_block"
+[[run]]
+name = "two-blocks"
+trainable = "last_two_blocks"
+[[run]]
+name = "all"
+trainable = "all"
+[[run]]
+name = "lora"
+trainable = "lora"
+lora_rank = 2
+[[run]]
+name = "ctx5"
+context_length = 5
+pooling = "last"
+[[run]]
+name = "unbal"
+data_file = "UNBAL"
+balance = false
+[[run]]
+name = "unbal-cw"
+data_file = "UNBAL"
+balance = false
+class_weights = true
+""".replace("UNBAL", str(unbalanced).replace("\\", "/")))
+    df = run_experiments(grid=str(grid), out=tmp_path / "out", base=_base(small), log=lambda *_: None)
+    df = df.set_index("name")
+    d = MODELS["gpt2-tiny"].config.emb_dim
+    head, norm = d * 2 + 2, 2 * d
+    block = 12 * d * d + 13 * d
+    p = df["trainable_parameters"].astype(int)
+    assert p["last-layer"] == head
+    assert p["last-block"] == head + norm + block
+    assert p["two-blocks"] == head + norm + 2 * block
+    assert p["all"] > 10 * p["two-blocks"]  # embeddings too
+    lora_adapters = 2 * 2 * (4 * (d + d) + (d + 4 * d) + (4 * d + d))  # 2 blocks, rank 2: 6 linears each
+    assert p["lora"] == head + norm + lora_adapters
+    # context_length 5 truncates every text
+    metrics = pd.read_json(tmp_path / "out" / "runs" / "ctx5" / "metrics.json", typ="series")
+    assert metrics["max_length"] == 5 and df.loc["ctx5", "context_length"].startswith("5")
+    # class weights change the training loss on unbalanced data (same data, same seed otherwise)
+    h1 = pd.read_csv(tmp_path / "out" / "runs" / "unbal" / "history.csv")["train_loss"].dropna()
+    h2 = pd.read_csv(tmp_path / "out" / "runs" / "unbal-cw" / "history.csv")["train_loss"].dropna()
+    assert len(h1) and (h1.values != h2.values).any()
+    assert "class-weighted" in df.loc["unbal-cw", "notes"] and "unbalanced" in df.loc["unbal", "notes"]
+
+
+def test_two_row_grid_writes_tables_and_rerun_skips_finished_rows(tmp_path, small_csv):
+    small, _ = small_csv
+    grid = _grid(tmp_path / "g.toml", """
+[[run]]
+name = "block"
+[[run]]
+name = "lora"
+trainable = "lora"
+""")
+    out = tmp_path / "exp"
+    args = ["experiment", "--grid", grid, "--out", out, "--data-file", small, "--tokenizer-dir", GPT2_TOKENIZER_DIR]
+    r = run_cli(*args, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    for f in ("results.csv", "results.md", "accuracy.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0
+    df = pd.read_csv(out / "results.csv")
+    assert list(df["name"]) == ["block", "lora"]
+    assert df["test_acc"].between(0, 1).all() and df["train_seconds"].gt(0).all()
+    md = (out / "results.md").read_text()
+    assert "| Trainable token |" in md and "![test accuracy per configuration](accuracy.png)" in md
+    mtimes = {n: (out / "runs" / n / "metrics.json").stat().st_mtime_ns for n in ("block", "lora")}
+
+    # an interrupted row (directory without metrics.json) is redone; finished rows are read back
+    (out / "runs" / "lora" / "metrics.json").unlink()
+    messages = []
+    run_experiments(grid=str(grid), out=out, base=_base(small), log=messages.append)
+    assert any("block: finished earlier" in m for m in messages), messages
+    assert any("lora: incomplete" in m for m in messages) and any("lora: training" in m for m in messages)
+    assert (out / "runs" / "block" / "metrics.json").stat().st_mtime_ns == mtimes["block"]
+    assert (out / "runs" / "lora" / "metrics.json").is_file()
+
+    t0 = time.perf_counter()
+    df2 = run_experiments(grid=str(grid), out=out, base=_base(small), log=lambda *_: None)
+    assert time.perf_counter() - t0 < 5
+    assert (out / "runs" / "block" / "metrics.json").stat().st_mtime_ns == mtimes["block"]
+    assert list(df2["name"]) == ["block", "lora"]
+    pd.testing.assert_series_equal(df2["test_acc"], pd.read_csv(out / "results.csv")["test_acc"], check_dtype=False)
+
+    # a row whose options changed is retrained; the others are still read back
+    grid.write_text(grid.read_text().replace('trainable = "lora"', 'trainable = "lora"\nlora_rank = 2'))
+    messages = []
+    df3 = run_experiments(grid=str(grid), out=out, base=_base(small), log=messages.append)
+    assert any("lora: incomplete or other options" in m for m in messages), messages
+    assert (out / "runs" / "block" / "metrics.json").stat().st_mtime_ns == mtimes["block"]
+    assert df3.set_index("name").loc["lora", "trainable_layers"].startswith("LoRA (r=2,")
+
+
+def test_grid_errors_are_one_line(tmp_path, small_csv):
+    small, _ = small_csv
+    grid = _grid(tmp_path / "g.toml", '[[run]]\nname = "x"\ntrainable_layers = "all"\n')
+    r = run_cli("experiment", "--grid", grid, "--out", tmp_path / "o", "--data-file", small, env=ONE_THREAD)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    err = [x for x in r.stderr.strip().splitlines() if x.startswith("llmclf: error:")]
+    assert len(err) == 1 and "unknown key 'trainable_layers'" in err[0], r.stderr
+    assert not (tmp_path / "o" / "runs").exists()
+
+    for body, fragment in [('[defaults]\nepoch = 1\n[[run]]\nname = "a"\n', "unknown key 'epoch'"),
+                           ('[[run]]\nname = "a"\nepochs = "two"\n', "epochs must be an integer"),
+                           ('[[run]]\nname = "a"\n[[run]]\nname = "a"\n', "duplicate name"),
+                           ('[[run]]\nname = "a"\npooling = "max"\n', "pooling must be one of"),
+                           ('[[run]]\nname = "../a"\n', "name must be"),
+                           ("[defaults]\nepochs = 1\n", "no rows"),
+                           ("[[run]\n", "not valid TOML")]:
+        (tmp_path / "bad.toml").write_text(body)
+        with pytest.raises(LlmclfError, match=re.escape(fragment)):
+            run_experiments(grid=str(tmp_path / "bad.toml"), out=tmp_path / "o2", base=_base(small))
+    assert not (tmp_path / "o2").exists()
+
+
+def test_book_table_preset_rows_map_to_options():
+    from llmclf.experiment import BOOK_TABLE, book_table
+    defaults, rows, skipped, _ = book_table({"model": "gpt2-tiny"}, device="cpu")
+    assert defaults["pooling"] == "last" and defaults["trainable"] == "last_block"
+    assert defaults["weights"] == "random"  # gpt2-tiny has no pretrained weights
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["first-token"]["pooling"] == "first"
+    assert by_name["lora"]["trainable"] == "lora" and by_name["lora"]["lora_rank"] == 16
+    assert by_name["no-causal-mask"]["causal"] is False
+    assert by_name["no-padding-batch-1-accum-8"]["grad_accum"] == 8
+    assert by_name["model-context-length"]["context_length"] == "model"  # 256 <= the CPU cap
+    skipped_names = {s["name"] for s in skipped}
+    assert {"gpt2-medium", "gpt2-large", "gpt2-xl", "ignore-index", "random-weights-all-layers"} <= skipped_names
+    assert len(rows) + len(skipped) == len(BOOK_TABLE)
+    assert all(s["skip"] for s in skipped)
+
+
+# ---------------------------------------------------------------- baselines
+
+def test_baselines_on_the_book_split(tmp_path, sms_file):
+    out = tmp_path / "baseline"
+    r = run_cli("baseline", "--data-file", sms_file, "--out", out, env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(out / "results.csv").set_index("name")
+    assert list(df.index) == ["majority", "tfidf-logreg", "tfidf-nb"]
+    assert df.loc["tfidf-logreg", "test_acc"] > 0.9 and df.loc["tfidf-nb", "test_acc"] > 0.9
+    assert df.loc["majority", "test_acc"] == pytest.approx(0.5, abs=0.1)  # balanced data
+    assert df["train_seconds"].lt(30).all() and df["test_f1"].between(0, 1).all()
+    md = (out / "results.md").read_text()
+    assert "1045/149/300" in md and "TF-IDF + logistic regression" in md
+    assert (out / "accuracy.png").is_file()
+
+
+def test_book_table_preset_runs_selected_rows_with_baselines(tmp_path, small_csv):
+    small, _ = small_csv
+    out = tmp_path / "book"
+    df = run_experiments(preset="book-table", out=out, base=_base(small, model="gpt2-tiny", epochs=1),
+                         only=["default", "first-token"], log=lambda *_: None)
+    assert list(df["name"]) == ["default", "first-token", "majority", "tfidf-logreg", "tfidf-nb"]
+    assert list(df["kind"]) == ["finetune"] * 2 + ["baseline"] * 3
+    assert list(df["trainable_token"][:2]) == ["last", "first"]
+    md = (out / "results.md").read_text()
+    assert "1 (book 1)" in md and "## Rows not run" in md and "gpt2-xl" in md and "ignore-index" in md
+    assert (out / "baseline" / "results.csv").is_file() and (out / "accuracy.png").is_file()
