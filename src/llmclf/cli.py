@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import LlmclfError
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints "
                    "(0: only at epoch ends)")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step; under torchrun the "
+                   "global batch, split evenly over the processes (must be a multiple of their number)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--weight-decay", type=float, default=0.1)
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-iter", type=int, default=5, help="batches per periodic evaluation")
     p.add_argument("--context-length", default="longest", help="longest (training set) | model | N")
     p.add_argument("--pooling", default="last_nonpad", help="last_nonpad | last | first | mean")
+    p.add_argument("--append-eos", action="store_true",
+                   help="end every text with the model's end-of-text token (pooled there with last_nonpad)")
     p.add_argument("--trainable", default="last_block", help="last_layer | last_block | last_two_blocks | all | lora")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
@@ -59,7 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", dest="cache", action="store_const", const="off", default="auto",
                    help="recompute the frozen blocks every step instead of caching their output")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16: autocast (mixed precision, float32 weights) on a CUDA GPU that supports it; "
+                   "on a CPU the whole model in bfloat16 (slow without native support). Default float32")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute each trainable block's activations in the backward pass instead of storing "
+                   "them: less memory, more compute; same results. Pays off with several trainable blocks "
+                   "(--trainable all/last_two_blocks, --no-cache)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun, shard parameters, gradients and optimizer state over the processes "
+                   "(FSDP2) instead of replicating them (DDP); needs --trainable all; writes no checkpoints")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("evaluate", help="metrics of a saved classifier on a labelled file")
@@ -115,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a) -> int:
+    from . import distributed
     from .finetune import FinetuneOptions, TrainingInterrupted, finetune, resume
     try:
         if a.resume:
@@ -126,8 +140,12 @@ def cmd_train(a) -> int:
             opts = FinetuneOptions(**{k: v for k, v in vars(a).items() if k in FinetuneOptions.__dataclass_fields__})
             metrics = finetune(opts)
     except TrainingInterrupted as e:
-        print(f"llmclf: {e}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"llmclf: {e}", file=sys.stderr, flush=True)
+        distributed.barrier()  # torchrun: no rank exits before rank 0 has said so
         return 130
+    if not distributed.is_main():
+        return 0
     t = metrics["test"]
     print(f"test accuracy {t['accuracy']:.4f}  f1 {t['f1']:.4f}  loss {t['loss']:.4f}  "
           f"train_seconds {metrics['train_seconds']:.1f}  run {a.out}")
@@ -181,15 +199,27 @@ def read_texts(path: str, text_column: str | None) -> list[str]:
 
 
 def cmd_predict(a) -> int:
-    from .predict import load_classifier, predict_texts
+    from . import distributed
+    from .predict import load_classifier, predict_texts_distributed
 
-    texts = list(a.texts)
-    if a.input:
-        texts += read_texts(a.input, a.text_column)
-    if not texts:
-        raise LlmclfError("nothing to classify: pass texts or --input FILE")
-    clf = load_classifier(a.run_dir, a.device)
-    probs = predict_texts(clf, texts, a.batch_size, progress=bool(a.input) and sys.stderr.isatty())
+    def gather_texts():
+        texts = list(a.texts)
+        if a.input:
+            texts += read_texts(a.input, a.text_column)
+        if not texts:
+            raise LlmclfError("nothing to classify: pass texts or --input FILE")
+        return texts
+
+    # Under torchrun rank 0 reads the texts (stdin included) and shares them; each rank classifies a
+    # contiguous shard; rank 0 prints every result once, in input order.
+    distributed.init()
+    texts = distributed.from_main(gather_texts)
+    device = distributed.agree(lambda: distributed.device(a.device))
+    clf = distributed.agree(lambda: load_classifier(a.run_dir, device))
+    probs = predict_texts_distributed(clf, texts, a.batch_size,
+                                      progress=bool(a.input) and sys.stderr.isatty() and distributed.is_main())
+    if not distributed.is_main():
+        return 0
     for text, p in zip(texts, probs):
         i = int(p.argmax())
         if a.json:
@@ -256,17 +286,45 @@ COMMANDS = {"train": cmd_train, "finetune": cmd_train, "evaluate": cmd_evaluate,
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    from . import distributed
     try:
-        return COMMANDS[a.command](a)
+        if distributed.launched() and a.command not in ("train", "finetune", "predict"):
+            raise distributed.SameOnAllRanks(f"llmclf {a.command} does not run under torchrun (train and predict "
+                                             "do); run it as one process")
+        rc = COMMANDS[a.command](a)
+        distributed.shutdown()
+        return rc
     except LlmclfError as e:
-        print(f"llmclf: error: {e}", file=sys.stderr)
-        return 2
+        prefix = distributed.error_prefix(e)  # torchrun: names the rank; an error all ranks share is told once
+        if prefix is not None:
+            print(f"{prefix}{e}", file=sys.stderr, flush=True)
+        else:
+            import time
+            time.sleep(5)  # a quiet rank: let the reporting rank print and exit first (torchrun then stops us)
+        return _exit(2)
     except KeyboardInterrupt:
         print("llmclf: interrupted", file=sys.stderr)
-        return 130
+        return _exit(130)
     except MemoryError:
-        print("llmclf: error: out of memory; try a smaller --batch-size or model", file=sys.stderr)
-        return 1
+        print(f"{distributed.error_prefix() or 'llmclf: error: '}out of memory; try a smaller --batch-size or model",
+              file=sys.stderr)
+        return _exit(1)
+    except Exception as e:
+        if not distributed.launched():
+            raise  # one process: the usual traceback
+        distributed.report_crash(e)  # torchrun: traceback, then one line naming the rank
+        return _exit(1)
+
+
+def _exit(code: int) -> int:
+    """One process: return the exit code. A torchrun rank that fails leaves at once (os._exit), without
+    tearing down a process group whose peers may be stuck in a collective; torchrun then stops the rest."""
+    from . import distributed
+    if not distributed.launched():
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the run directory is created, so a refused run leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -34,6 +35,7 @@ class FinetuneOptions:
     seed: int = 123
     context_length: str = "longest"      # longest | model | N
     pooling: str = "last_nonpad"
+    append_eos: bool = False             # end every text with the model's end-of-text token
     trainable: str = "last_block"
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -52,12 +54,33 @@ class FinetuneOptions:
     tokenizer_dir: str | None = None
     overwrite: bool = False
     checkpoint_every: int = 50           # optimizer steps between checkpoints (0: epoch ends only)
+    grad_checkpoint: bool = False        # recompute trainable blocks' activations in backward (less memory)
+    fsdp: bool = False                   # torchrun: shard parameters, gradients, optimizer state (trainable=all)
     quiet: bool = False
     extra: dict = field(default_factory=dict)
 
 
 def _log(opts):
-    return (lambda *a, **k: None) if opts.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from . import distributed
+    quiet = opts.quiet or not distributed.is_main()  # under torchrun only rank 0 reports progress
+    return (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def check_options(opts) -> None:
+    """Checks that depend on the options (and the number of torchrun processes) only."""
+    from . import distributed
+    for name in ("epochs", "batch_size", "grad_accum", "eval_freq"):
+        if getattr(opts, name) < (0 if name == "epochs" else 1):
+            raise LlmclfError(f"--{name.replace('_', '-')} must be positive")
+    if opts.dtype not in ("float32", "bfloat16"):
+        raise LlmclfError("--dtype must be float32 or bfloat16")
+    distributed.check_global_batch(opts.batch_size)
+    if opts.fsdp:
+        if not distributed.active():
+            raise LlmclfError("--fsdp shards the model over torchrun processes: launch with "
+                              "torchrun --nproc_per_node N -m llmclf train ... (N >= 2)")
+        if opts.trainable != "all":
+            raise LlmclfError("--fsdp needs --trainable all (smaller trainable sets fit without sharding)")
 
 
 def resolve_max_length(option: str, longest: int, model_context: int) -> int:
@@ -97,6 +120,7 @@ def build_classifier(opts, num_classes: int):
         raise LlmclfError(f"--trainable must be one of {', '.join(TRAINABLE)}")
     torch.manual_seed(opts.seed)  # random backbone weights are part of the run: seeded, so runs repeat
     backbone, tokenizer, name = load_backbone(opts.model, opts.weights, opts.tokenizer_dir)
+    tokenizer.append_eos = opts.append_eos
     torch.manual_seed(opts.seed)  # the book seeds before creating the class head
     model = TextClassifier(backbone, num_classes, opts.pooling, opts.causal)
     set_trainable(model, opts.trainable, opts.lora_rank, opts.lora_alpha)
@@ -142,15 +166,22 @@ class TrainingInterrupted(LlmclfError):
 RUN_OPTIONS = "run.json"
 
 
-def resume(run_dir) -> dict:
-    """Continue a run from RUN_DIR/checkpoint.safetensors with the options it was started with."""
-    run_dir = Path(run_dir)
+def _read_run_options(run_dir: Path) -> dict:
     if (run_dir / "metrics.json").is_file():
         raise LlmclfError(f"{run_dir}: run already complete (metrics.json exists); nothing to resume")
     f = run_dir / RUN_OPTIONS
     if not f.is_file():
         raise LlmclfError(f"{run_dir}: not a resumable run directory (no {RUN_OPTIONS})")
-    saved = json.loads(f.read_text())
+    return json.loads(f.read_text())
+
+
+def resume(run_dir) -> dict:
+    """Continue a run from RUN_DIR/checkpoint.safetensors with the options it was started with.
+    Under torchrun, rank 0 reads the run directory and sends the options and checkpoint to the others."""
+    from . import distributed
+    distributed.init()
+    run_dir = Path(run_dir)
+    saved = distributed.from_main(lambda: _read_run_options(run_dir))
     saved["split"] = tuple(saved["split"])
     opts = FinetuneOptions(**{k: v for k, v in saved.items() if k in FinetuneOptions.__dataclass_fields__})
     opts.out = str(run_dir)
@@ -164,98 +195,169 @@ def finetune(opts: FinetuneOptions, resuming: bool = False) -> dict:
     from .classifier import count_parameters
     from .data import ClassificationDataset
     from .metrics import classification_metrics, predict_loader
-    from .predict import pick_device
+    from . import distributed
     from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-    from .train import TrainState, make_loaders, train_classifier_simple
+    from .train import (Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
+                        train_classifier_simple)
 
+    # Under torchrun every rank runs this function; rank 0 alone writes files and reports (see distributed.py).
+    distributed.init()
+    main = distributed.is_main()
     log = _log(opts)
     out = Path(opts.out)
-    if out.exists() and not opts.overwrite and not resuming:
-        raise LlmclfError(f"{out}: run directory exists; pass --overwrite to replace it or choose another --out")
-    for name in ("epochs", "batch_size", "grad_accum", "eval_freq"):
-        if getattr(opts, name) < (0 if name == "epochs" else 1):
-            raise LlmclfError(f"--{name.replace('_', '-')} must be positive")
-    device = pick_device(opts.device)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(opts.dtype)
-    if dtype is None:
-        raise LlmclfError("--dtype must be float32 or bfloat16")
+
+    def check_out():
+        if out.exists() and not opts.overwrite and not resuming:
+            raise LlmclfError(f"{out}: run directory exists; pass --overwrite to replace it or choose another --out")
+
+    distributed.from_main(check_out)
+    distributed.agree(lambda: check_options(opts))
+    device = distributed.agree(lambda: distributed.device(opts.device))
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[opts.dtype]
+    autocast = None
+    if dtype == torch.bfloat16 and torch.device(device).type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise LlmclfError("--dtype bfloat16: this GPU does not support bfloat16; use --dtype float32")
+        # Mixed precision: weights and optimizer state stay float32, forwards run under bfloat16 autocast.
+        autocast, dtype = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), torch.float32
+    amp = autocast or contextlib.nullcontext
     if dtype == torch.bfloat16 and device == "cpu":
         log("warning: bfloat16 on a CPU without native support is far slower than float32")
-    data = load_data(opts)
+    data = distributed.agree(lambda: load_data(opts))
     t_start = time.perf_counter()  # data ready: train_seconds runs from here to the final metrics
     log(f"data: {data.source}; class counts {data.class_counts}; "
         f"{'balanced, ' if opts.balance else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
-    model, tokenizer, model_name = build_classifier(opts, len(data.labels))
+    model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, len(data.labels)))
     model.to(device=device, dtype=dtype)
 
     train_ds = ClassificationDataset(data.train, tokenizer, data.labels, limit=model.backbone.cfg.context_length)
-    max_length = resolve_max_length(opts.context_length, train_ds.max_length, model.backbone.cfg.context_length)
+    max_length = distributed.agree(lambda: resolve_max_length(opts.context_length, train_ds.max_length,
+                                                              model.backbone.cfg.context_length))
     datasets = {"train": ClassificationDataset(data.train, tokenizer, data.labels, max_length),
                 "validation": ClassificationDataset(data.validation, tokenizer, data.labels, max_length),
                 "test": ClassificationDataset(data.test, tokenizer, data.labels, max_length)}
 
     if not resuming:
-        prepare_run_dir(out, opts.overwrite)
+        distributed.from_main(lambda: prepare_run_dir(out, opts.overwrite))
     try:
-        atomic_write_text(out / RUN_OPTIONS, json.dumps(asdict(opts), indent=2))
-        for split in ("train", "validation", "test"):
-            getattr(data, split).to_csv(out / f"{split}.csv", index=False)
-        loaders, cache_info = make_loaders(model, datasets, opts.batch_size, device, seed=opts.seed,
-                                           cache=opts.cache, log=log)
+        if main:
+            atomic_write_text(out / RUN_OPTIONS, json.dumps(asdict(opts), indent=2))
+            for split in ("train", "validation", "test"):
+                getattr(data, split).to_csv(out / f"{split}.csv", index=False)
+        with amp():
+            loaders, cache_info = make_loaders(model, datasets, opts.batch_size, device, seed=opts.seed,
+                                               cache=opts.cache, log=log)
         weight = None
         if opts.class_weights:
             counts = torch.bincount(torch.tensor(datasets["train"].targets), minlength=len(data.labels)).float()
             weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+        n_params, n_trainable = count_parameters(model, False), count_parameters(model)
+        if opts.grad_checkpoint:
+            log(f"gradient checkpointing: {enable_grad_checkpoint(model)} trainable block(s) recomputed in backward")
+        parallel = None
+        if distributed.active():
+            if opts.fsdp:
+                distributed.shard_fsdp(model)  # before the optimizer: it must hold the sharded parameters
+                parallel = Parallel(model.forward_batch, distributed.world())
+            else:
+                ddp = distributed.wrap_ddp(model, device)
+                parallel = Parallel(ddp, distributed.world(), ddp.no_sync)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay,
-                                      fused=device in ("cpu", "cuda"))  # one pass over the parameters
-        log(f"model {model_name}: {count_parameters(model, False):,} parameters, "
-            f"{count_parameters(model):,} trainable ({opts.trainable}); device {device}")
+                                      fused=torch.device(device).type in ("cpu", "cuda"))  # one pass over the parameters
+        where = f"; {distributed.world()} processes ({'FSDP' if opts.fsdp else 'DDP'})" if parallel else ""
+        log(f"model {model_name}: {n_params:,} parameters, "
+            f"{n_trainable:,} trainable ({opts.trainable}); device {device}{where}")
         torch.manual_seed(opts.seed)
         state = TrainState()
-        if resuming and (out / CHECKPOINT).is_file():
-            state = load_checkpoint(out, model, optimizer, loaders["train"])
-            log(f"resuming at epoch {state.epoch + 1}, step {state.global_step + 1}")
+        keep_checkpoints = not opts.fsdp  # FSDP shards live on every rank: no checkpoint, no --resume
+        if opts.fsdp:
+            log("--fsdp: no checkpoints are written; an interrupted run starts again")
+        if resuming and keep_checkpoints:
+            loaded = None
+            if not distributed.active():
+                if (out / CHECKPOINT).is_file():
+                    loaded = load_checkpoint(out, model, optimizer, loaders["train"])
+            else:
+                loaded = _load_checkpoint_on_every_rank(out, model, optimizer, loaders["train"])
+            if loaded is not None:
+                state = loaded
+                log(f"resuming at epoch {state.epoch + 1}, step {state.global_step + 1}")
         with _stop_on_ctrl_c() as stop:
             def on_step(st, epoch_end):
+                stopping = distributed.any_rank(stop.requested) if parallel else stop.requested
                 due = opts.checkpoint_every and st.global_step % opts.checkpoint_every == 0
-                if epoch_end or due or stop.requested:
+                if (epoch_end or due or stopping) and keep_checkpoints and main:
                     save_checkpoint(out, model, optimizer, loaders["train"], st)
-                if stop.requested:
+                if stopping:
+                    distributed.barrier()  # no rank leaves before rank 0 has saved
+                    if not keep_checkpoints:
+                        raise LlmclfError(f"interrupted at step {st.global_step}; --fsdp runs keep no checkpoint")
                     raise TrainingInterrupted(f"interrupted at step {st.global_step}; checkpoint saved; continue "
                                               f"with: llmclf train --resume {out}")
 
+            distributed.test_hook()
             _, _, _, _, examples_seen = train_classifier_simple(
                 model, loaders["train"], loaders["validation"], optimizer, device, opts.epochs, opts.eval_freq,
                 opts.eval_iter, grad_accum=opts.grad_accum, class_weight=weight, state=state, on_step=on_step,
-                log=log, progress=not opts.quiet and sys.stderr.isatty())
+                log=log, progress=not opts.quiet and main and sys.stderr.isatty(), parallel=parallel,
+                autocast=autocast)
 
         metrics = {"llmclf_version": __version__, "model": model_name, "weights": opts.weights,
                    "data_source": data.source, "labels": data.labels, "class_counts": data.class_counts}
         for split, loader in (("train", "train"), ("validation", "validation"), ("test", "test")):
             full = loaders[loader]
             full.drop_last = False  # metrics over the whole split
-            logits, targets = predict_loader(full, model)
-            metrics[split] = classification_metrics(logits, targets, len(data.labels), with_curves=split == "test")
+            with amp():  # torchrun: each rank predicts its slices, the logits are gathered (whole split)
+                logits, targets = predict_loader(full, model) if parallel is None else gather_predictions(full, model)[:2]
+            if main:
+                metrics[split] = classification_metrics(logits, targets, len(data.labels), with_curves=split == "test")
         train_seconds = time.perf_counter() - t_start
         metrics.update({"train_seconds": round(train_seconds, 3), "examples_seen": examples_seen,
-                        "trainable_parameters": count_parameters(model), "max_length": max_length,
+                        "trainable_parameters": n_trainable, "max_length": max_length,
                         "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info,
                         "options": {k: v for k, v in asdict(opts).items() if k not in ("quiet", "extra")}})
-        write_history(out / "history.csv", state.history)
-        write_plots(out, state.history, opts.epochs)
-        save_classifier(model, tokenizer, out / "model", labels=data.labels, max_length=max_length,
-                        model_name=model_name, extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")}})
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # written last: marks a complete run
-        (out / CHECKPOINT).unlink(missing_ok=True)
-        log(f"test accuracy {metrics['test']['accuracy'] * 100:.2f}%  (train {train_seconds:.1f}s) -> {out}")
-        return metrics
+        if parallel:
+            metrics["world_size"] = distributed.world()
+        to_save = distributed.full_model_copy(model) if opts.fsdp else model  # FSDP: collective gather
+        if main:
+            write_history(out / "history.csv", state.history)
+            write_plots(out, state.history, opts.epochs)
+            save_classifier(to_save, tokenizer, out / "model", labels=data.labels, max_length=max_length,
+                            model_name=model_name, extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")}})
+            atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # written last: marks a complete run
+            (out / CHECKPOINT).unlink(missing_ok=True)
+            log(f"test accuracy {metrics['test']['accuracy'] * 100:.2f}%  (train {train_seconds:.1f}s) -> {out}")
+        return distributed.broadcast_object(metrics if main else None)  # also: no rank returns before rank 0 is done
     except TrainingInterrupted:
         raise
     except LlmclfError:
-        if not (out / CHECKPOINT).exists():  # nothing worth keeping: leave no half-written run behind
+        if main and not (out / CHECKPOINT).exists():  # nothing worth keeping: leave no half-written run behind
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def _load_checkpoint_on_every_rank(out: Path, model, optimizer, loader):
+    """torchrun --resume: rank 0 loads RUN_DIR's checkpoint (checking it) and sends its bytes to the other ranks,
+    which load the same bytes from a private temp dir. None when there is no checkpoint."""
+    import tempfile
+
+    from . import distributed
+    from .checkpoint import CHECKPOINT, load_checkpoint
+    loaded = {}
+
+    def read_on_main():
+        if not (out / CHECKPOINT).is_file():
+            return None
+        loaded["state"] = load_checkpoint(out, model, optimizer, loader)
+        return (out / CHECKPOINT).read_bytes()
+
+    raw = distributed.from_main(read_on_main)
+    if raw is None or distributed.is_main():
+        return loaded.get("state")
+    with tempfile.TemporaryDirectory(prefix="llmclf-resume-") as tmp:
+        (Path(tmp) / CHECKPOINT).write_bytes(raw)
+        return load_checkpoint(Path(tmp), model, optimizer, loader)
 
 
 class _stop_on_ctrl_c:
@@ -269,10 +371,16 @@ class _stop_on_ctrl_c:
         return self
 
     def _handle(self, signum, frame):
+        from . import distributed
         if self.requested:
+            # Under torchrun one Ctrl-C arrives twice (from the terminal, then forwarded by torchrun): a second
+            # signal within 2 s is that echo, not a second Ctrl-C.
+            if distributed.active() and time.monotonic() - self._first < 2.0:
+                return
             raise KeyboardInterrupt
-        self.requested = True
-        print("llmclf: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+        self.requested, self._first = True, time.monotonic()
+        if distributed.is_main():
+            print("llmclf: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self._old is not None:

@@ -73,6 +73,18 @@ def predict_texts(clf: Classifier, texts, batch_size: int = 32, progress: bool =
     return predict_encoded(clf, encode_texts(clf, texts), batch_size, progress)
 
 
+def predict_texts_distributed(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+    """predict_texts for a torchrun job: every rank classifies a contiguous shard of the texts and the shards
+    are all-gathered, so every rank returns all N rows in input order. One process: predict_texts."""
+    from . import distributed
+    if not distributed.active():
+        return predict_texts(clf, texts, batch_size, progress)
+    lo, hi = distributed.contiguous_shard(len(texts))
+    mine = predict_texts(clf, list(texts)[lo:hi], batch_size, progress)
+    parts = distributed.all_gather_tensors([mine.to(clf.device)], clf.device)
+    return torch.cat([p[0].cpu() for p in parts])
+
+
 def classify(text: str, clf: Classifier) -> tuple[str, float]:
     """(label, probability) for one text: chapter 6's classify_review for any classifier."""
     probs = predict_texts(clf, [text])[0]

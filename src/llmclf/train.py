@@ -6,16 +6,26 @@ once per distinct text (in length-sorted batches, so little padding is computed)
 the stored states. Right padding plus the causal mask means a real token never sees padding, so a text's
 states do not depend on what it was batched with: the cached path computes the same numbers as the
 uncached one, only once instead of once per step and per evaluation.
+
+Under torchrun (see distributed.py) the same loop runs data-parallel: every rank draws the same global
+batches and trains on its slice of each (`BatchLoader.shard`); DDP (or FSDP) averages the gradients, so N
+ranks take the optimizer steps one process would. Evaluations run each rank's slice and all-gather the
+logits, so every rank computes the same history and metrics as one process. The prefix cache is split by
+chunks across ranks and all-gathered (see `compute_prefix_cache`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from . import distributed
 from .data import BatchLoader, length_sorted_chunks, pad_batch
 from .metrics import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
 
@@ -30,13 +40,20 @@ def token_loader(dataset, batch_size, device, *, shuffle=False, drop_last=False,
         ids, lengths = pad_batch([dataset.encoded[i] for i in idx], dataset.pad_id, fixed_length)
         return {"input_ids": ids.to(device), "lengths": lengths.to(device), "labels": targets[idx].to(device)}
 
-    return BatchLoader(len(dataset), batch_size, collate, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    loader = BatchLoader(len(dataset), batch_size, collate, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                         rank=distributed.rank(), world=distributed.world())
+    loader.targets = targets
+    return loader
 
 
 @torch.inference_mode()
 def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=None, max_tokens=8192):
     """Hidden states entering block `start` for every text (pooled vectors when start == n_layers).
-    Identical token sequences are computed once."""
+    Identical token sequences are computed once.
+
+    Under torchrun the length-sorted chunks are dealt round-robin (rank r computes chunks r, r+N, ...) and the
+    states all-gathered, so every rank holds the whole cache for 1/N of the work. Each text is computed in
+    the very chunk one process would compute it in, so the cache is the same as in a one-process run."""
     slot_of, seqs, slots = {}, [], []
     for e in encoded:
         key = tuple(e)
@@ -49,7 +66,11 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
     out = [None] * len(seqs)
     was_training = model.training
     model.eval()
-    for chunk in length_sorted_chunks(lengths, max_tokens):
+    chunks = list(length_sorted_chunks(lengths, max_tokens))
+    w, r = distributed.world(), distributed.rank()
+    for c, chunk in enumerate(chunks):
+        if c % w != r:
+            continue  # another rank's chunk
         ids, lens = pad_batch([seqs[i] for i in chunk], pad_id, fixed_length)
         ids, lens = ids.to(device), lens.to(device)
         x = model.backbone.embed(ids)
@@ -64,6 +85,12 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
             for j, i in enumerate(chunk):
                 out[i] = x[j, : lens[j]].clone()
     model.train(was_training)
+    if w > 1:
+        owned = [[i for c in range(q, len(chunks), w) for i in chunks[c]] for q in range(w)]
+        gathered = distributed.all_gather_tensors([out[i] for i in owned[r]], device)
+        for q in range(w):
+            for i, t in zip(owned[q], gathered[q]):
+                out[i] = t
     return [out[s] for s in slots]
 
 
@@ -78,7 +105,10 @@ def cached_loader(cache, targets, start, batch_size, device, *, shuffle=False, d
         lengths = torch.tensor([s.shape[0] for s in states], device=device)
         return {"hidden": hidden, "lengths": lengths, "start": start, "labels": targets[idx].to(device)}
 
-    return BatchLoader(len(cache), batch_size, collate, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    loader = BatchLoader(len(cache), batch_size, collate, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                         rank=distributed.rank(), world=distributed.world())
+    loader.targets = targets
+    return loader
 
 
 def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, cache="auto", log=print):
@@ -103,6 +133,103 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
     return loaders, info
 
 
+# ---------------------------------------------------------------- torchrun: evaluation over all ranks
+
+@torch.no_grad()
+def gather_predictions(loader, model, num_batches: int | None = None):
+    """predict_loader for a torchrun job: every rank runs the forward for its slice of each global batch
+    (`loader.shard`), the slices are all-gathered, and every rank gets the logits (N, C) and targets (N,) of
+    the loader's first num_batches batches in input order, plus the batch sizes: what predict_loader returns
+    in one process."""
+    was_training = model.training
+    model.eval()
+    n = len(loader) if num_batches is None else min(num_batches, len(loader))
+    order, bs = list(range(loader.n)), loader.batch_size
+    rows, counts, dev = [], [], None
+    for b in range(n):
+        idx = order[b * bs:(b + 1) * bs]
+        mine, per_rank = loader.shard(idx)
+        batch = loader.collate(mine)
+        logits = model.forward_batch(batch).float()
+        rows.append(torch.cat([logits, batch["labels"].to(logits.dtype)[:, None]], 1))
+        counts.append(per_rank)
+        dev = logits.device
+    model.train(was_training)
+    if not rows:
+        return torch.empty(0, model.num_classes), torch.empty(0, dtype=torch.long), []
+    gathered = [g[0].cpu() for g in distributed.all_gather_tensors([torch.cat(rows)], dev)]
+    pieces, offset = [], 0
+    for per_rank in counts:
+        k = -(-sum(per_rank) // len(per_rank))  # each rank's (padded) slice size for this batch
+        for q, real in enumerate(per_rank):
+            pieces.append(gathered[q][offset:offset + real])
+        offset += k
+    full = torch.cat(pieces)
+    return full[:, :-1], full[:, -1].long(), [sum(c) for c in counts]
+
+
+def gathered_loss_loader(loader, model, num_batches: int | None = None, weight=None) -> float:
+    """calc_loss_loader over all ranks: the mean of the global batches' losses."""
+    logits, targets, sizes = gather_predictions(loader, model, num_batches)
+    if not sizes:
+        return float("nan")
+    w = None if weight is None else weight.detach().float().cpu()
+    losses, start = [], 0
+    for m in sizes:
+        losses.append(F.cross_entropy(logits[start:start + m], targets[start:start + m], weight=w).item())
+        start += m
+    return sum(losses) / len(losses)
+
+
+def gathered_accuracy_loader(loader, model, num_batches: int | None = None) -> float:
+    logits, targets, _ = gather_predictions(loader, model, num_batches)
+    return float((logits.argmax(-1) == targets).float().mean()) if len(targets) else float("nan")
+
+
+@dataclass
+class Parallel:
+    """A torchrun rank's part in training (None means one process): `forward` runs a batch with gradient
+    synchronisation (DDP around BatchForward, or the FSDP-sharded classifier's forward_batch); `no_sync`, when
+    given, skips the all-reduce on micro-batches that do not end an optimizer step (--grad-accum)."""
+    forward: Callable
+    world: int
+    no_sync: Callable | None = None
+
+
+def parallel_loss(par: Parallel, loader, idx, weight=None) -> torch.Tensor:
+    """This rank's loss on its slice of the global batch idx, scaled so that the average over ranks (what DDP
+    and FSDP do to gradients) is the one-process loss of the whole batch: the slice mean without class
+    weights (equal slices), and sum(w_i * l_i) * N / sum of the global batch's weights with them."""
+    mine, _ = loader.shard(idx)
+    batch = loader.collate(mine)
+    logits = par.forward(batch)
+    if weight is None:
+        return F.cross_entropy(logits, batch["labels"])
+    total = weight[loader.targets[idx].to(weight.device)].sum()
+    return F.cross_entropy(logits, batch["labels"], weight=weight, reduction="sum") * par.world / total
+
+
+def enable_grad_checkpoint(model) -> int:
+    """Activation checkpointing (torch.utils.checkpoint, non-reentrant) on every trainable block: its
+    activations are recomputed in the backward pass instead of stored, trading about one extra forward of
+    those blocks for memory. The numbers do not change (the recomputation repeats the forward exactly; the
+    RNG state is restored for dropout). Patches each block's forward in place, so parameter names and saved
+    files are unchanged. Returns the number of blocks checkpointed."""
+    from torch.utils.checkpoint import checkpoint
+
+    n = 0
+    for block in model.blocks:
+        if not any(p.requires_grad for p in block.parameters()):
+            continue
+        def forward(*args, _fwd=block.forward, _block=block, **kwargs):
+            if _block.training and torch.is_grad_enabled():
+                return checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
+            return _fwd(*args, **kwargs)
+        block.forward = forward
+        n += 1
+    return n
+
+
 # ---------------------------------------------------------------- the training loop
 
 @dataclass
@@ -117,14 +244,22 @@ class TrainState:
 
 
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
-                            *, grad_accum=1, class_weight=None, state=None, on_step=None, log=print, progress=True):
+                            *, grad_accum=1, class_weight=None, state=None, on_step=None, log=print, progress=True,
+                            parallel: Parallel | None = None, autocast=None):
     """Chapter 6's loop: AdamW steps on the cross-entropy of the pooled token's logits, an evaluation of
     train/validation loss every eval_freq steps on eval_iter batches, accuracy on eval_iter batches at
     each epoch end. Returns the book's (train_losses, val_losses, train_accs, val_accs, examples_seen);
     every evaluation is also recorded in state.history. on_step(state, epoch_end) is called after each
-    optimizer step and epoch end (for checkpoints); it may raise to stop."""
+    optimizer step and epoch end (for checkpoints); it may raise to stop.
+
+    parallel: this rank's part in a torchrun job (see Parallel); batches, evaluations and examples_seen are
+    then global, the same on every rank. autocast: a context-manager factory wrapped around forwards
+    (bfloat16 on CUDA); backward runs outside it."""
     from tqdm import tqdm
 
+    amp = autocast or contextlib.nullcontext
+    loss_loader = calc_loss_loader if parallel is None else gathered_loss_loader
+    accuracy_loader = calc_accuracy_loader if parallel is None else gathered_accuracy_loader
     state = state or TrainState()
     bs, nb = train_loader.batch_size, len(train_loader)
     total = num_epochs * nb
@@ -135,27 +270,39 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
             state.order = train_loader.order()
         model.train()
         for b in range(state.batch, nb):
-            batch = train_loader.collate(state.order[b * bs:(b + 1) * bs])
-            loss = calc_loss_batch(batch, model, class_weight) / grad_accum
-            loss.backward()
+            idx = state.order[b * bs:(b + 1) * bs]
+            steps = not ((b + 1) % grad_accum and b + 1 < nb)  # this micro-batch ends an optimizer step
+            if parallel is None:
+                batch = train_loader.collate(idx)
+                with amp():
+                    loss = calc_loss_batch(batch, model, class_weight) / grad_accum
+                loss.backward()
+            else:
+                skip_sync = parallel.no_sync is not None and not steps
+                with parallel.no_sync() if skip_sync else contextlib.nullcontext():
+                    with amp():
+                        loss = parallel_loss(parallel, train_loader, idx, class_weight) / grad_accum
+                    loss.backward()
             state.batch = b + 1
-            state.examples_seen += len(batch["labels"])
+            state.examples_seen += len(idx)
             bar.update(1)
-            if (b + 1) % grad_accum and b + 1 < nb:
+            if not steps:
                 continue
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.global_step += 1
             if state.global_step % eval_freq == 0:
-                tl = calc_loss_loader(train_loader, model, eval_iter, class_weight)
-                vl = calc_loss_loader(val_loader, model, eval_iter, class_weight)
+                with amp():
+                    tl = loss_loader(train_loader, model, eval_iter, class_weight)
+                    vl = loss_loader(val_loader, model, eval_iter, class_weight)
                 state.history.append({"epoch": epoch + 1, "step": state.global_step,
                                       "examples_seen": state.examples_seen, "train_loss": tl, "val_loss": vl})
                 log(f"Ep {epoch + 1} (Step {state.global_step:06d}): Train loss {tl:.3f}, Val loss {vl:.3f}")
             if on_step:
                 on_step(state, False)
-        ta = calc_accuracy_loader(train_loader, model, eval_iter)
-        va = calc_accuracy_loader(val_loader, model, eval_iter)
+        with amp():
+            ta = accuracy_loader(train_loader, model, eval_iter)
+            va = accuracy_loader(val_loader, model, eval_iter)
         state.history.append({"epoch": epoch + 1, "step": state.global_step, "examples_seen": state.examples_seen,
                               "train_acc": ta, "val_acc": va})
         log(f"Training accuracy: {ta * 100:.2f}% | Validation accuracy: {va * 100:.2f}%")
