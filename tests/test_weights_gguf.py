@@ -237,3 +237,26 @@ def test_bad_gguf_is_a_clear_error(tmp_path, gguf_path, kind):
         load_gguf(bad)
     assert "\n" not in str(e.value)
 
+
+
+def test_smollm2_classifier_is_padding_invariant(ours):
+    """The real SmolLM2 backbone as a classifier: a message alone and inside a batch of much longer
+    messages gets the same label and a probability within 1e-4 (right padding, last real token)."""
+    import copy
+
+    from llmclf.classifier import TextClassifier
+    from llmclf.predict import Classifier, predict_texts
+    from llmclf.tokenizer import HFTokenizer
+
+    model, _cfg, tok, ids = ours
+    torch.manual_seed(0)
+    clf_model = TextClassifier(copy.deepcopy(model), 2).eval()
+    clf = Classifier(clf_model, HFTokenizer(tok, ids["pad_id"], ids["eos_id"]), {"labels": ["ham", "spam"],
+                                                                                "max_length": 256})
+    short = "Ok lar... Joking wif u oni..."
+    longs = ["Free entry in 2 a wkly comp to win FA Cup final tkts 21st May 2005. " * 3,
+             "URGENT! Your mobile number has been awarded with a 2000 prize GUARANTEED. Call 09058094455 " * 2]
+    alone = predict_texts(clf, [short])[0]
+    batched = predict_texts(clf, [longs[0], short, longs[1]], batch_size=8)[1]
+    assert int(alone.argmax()) == int(batched.argmax())
+    assert torch.allclose(alone, batched, atol=1e-4)
