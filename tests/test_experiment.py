@@ -301,3 +301,31 @@ def test_book_table_preset_runs_selected_rows_with_baselines(tmp_path, small_csv
     md = (out / "results.md").read_text()
     assert "1 (book 1)" in md and "## Rows not run" in md and "gpt2-xl" in md and "ignore-index" in md
     assert (out / "baseline" / "results.csv").is_file() and (out / "accuracy.png").is_file()
+
+
+def test_ctrl_c_during_a_row_exits_130_and_a_rerun_continues(tmp_path, sms_file):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    grid = tmp_path / "g.toml"
+    grid.write_text('[defaults]\nmodel = "gpt2-tiny"\nweights = "random"\nepochs = 2\nbatch_size = 1\n'
+                    'checkpoint_every = 25\n\n[[run]]\nname = "slow"\n')
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "llmclf", "experiment", "--grid", str(grid), "--out", str(out),
+            "--data-file", str(sms_file), "--tokenizer-dir", str(GPT2_TOKENIZER_DIR)]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **ONE_THREAD})
+    ckpt = out / "runs" / "slow" / "checkpoint.safetensors"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), "no checkpoint appeared"
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "checkpoint" in err and "Traceback" not in err
+    r = run_cli(*args[3:], env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    assert (out / "runs" / "slow" / "metrics.json").is_file()

@@ -264,11 +264,16 @@ def _data_options(a) -> dict:
 
 def cmd_experiment(a) -> int:
     from .experiment import run_experiments
+    from .finetune import TrainingInterrupted
     base = _data_options(a)
     for k in ("model", "epochs", "tokenizer_dir"):
         if getattr(a, k) is not None:
             base[k] = getattr(a, k)
-    run_experiments(grid=a.grid, preset=a.preset, out=a.out, base=base)
+    try:
+        run_experiments(grid=a.grid, preset=a.preset, out=a.out, base=base)
+    except TrainingInterrupted as e:  # Ctrl-C: the row's checkpoint is saved; same exit as `train`
+        print(f"llmclf: {e}", file=sys.stderr)
+        return 130
     return 0
 
 
