@@ -107,3 +107,19 @@ def test_batch_loader_is_seeded_and_chunks_bound_padding():
     chunks = list(length_sorted_chunks(lengths, max_tokens=10))
     assert sorted(sum(chunks, [])) == [0, 1, 2, 3, 4]
     assert all(max(lengths[i] for i in c) * len(c) <= 10 for c in chunks)
+
+
+@pytest.mark.parametrize("append_eos", [False, True])
+def test_with_max_length_equals_a_freshly_tokenized_dataset(append_eos):
+    from conftest import GPT2_TOKENIZER_DIR
+    from llmclf.tokenizer import GPT2Tokenizer
+    tok = GPT2Tokenizer(GPT2_TOKENIZER_DIR)
+    tok.append_eos = append_eos
+    df = pd.DataFrame({"text": ["hi", "a much longer message than the first one", "mid size text"],
+                       "label": ["a", "b", "a"]})
+    longest = ClassificationDataset(df, tok, ["a", "b"], limit=1024)
+    for n in (longest.max_length, 1024, 3):  # reused (no cut), reused (longer), re-tokenized (cut)
+        got, want = longest.with_max_length(n), ClassificationDataset(df, tok, ["a", "b"], n)
+        assert got.encoded == want.encoded and got.max_length == want.max_length == n
+        assert got.targets == want.targets
+    assert longest.with_max_length(3).encoded[1][-1] == (50256 if append_eos else longest.encoded[1][2])

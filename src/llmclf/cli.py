@@ -175,26 +175,15 @@ def read_texts(path: str, text_column: str | None) -> list[str]:
     """Texts from a file: CSV/TSV/JSONL with a text column, or plain lines (TXT or '-' for stdin)."""
     from pathlib import Path
 
-    from .data import TEXT_COLUMNS, _decode, _find
+    from .data import TEXT_COLUMNS, _decode, _find, read_frame
     if path == "-":
         lines = sys.stdin.read().splitlines()
         return [x for x in lines if x.strip()]
     p = Path(path)
     if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".ndjson"):
-        import io
-
-        import pandas as pd
-        content = _decode(p)
-        try:
-            if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-                df = pd.read_json(io.StringIO(content), lines=p.suffix.lower() != ".json", dtype=False)
-            else:
-                df = pd.read_csv(io.StringIO(content), sep="," if p.suffix.lower() == ".csv" else "\t", dtype=str,
-                                 keep_default_na=False)
-        except ValueError as e:
-            raise LlmclfError(f"{p}: cannot parse ({str(e).splitlines()[0][:120]})") from None
+        df, _ = read_frame(p)
         col = _find(df.columns, text_column, TEXT_COLUMNS, "text", p) or df.columns[0]
-        return [str(x) for x in df[col] if str(x).strip()]
+        return [str(x) for x in df[col].dropna() if str(x).strip()]
     return [x for x in _decode(p).splitlines() if x.strip()]
 
 

@@ -6,6 +6,7 @@ Data flows one way: source -> DataFrame(text, label) -> balanced -> train/valida
 
 from __future__ import annotations
 
+import copy
 import io
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,20 @@ def _find(columns, wanted: str | None, candidates: list[str], what: str, path) -
     return next((lower[c] for c in candidates if c in lower), None)
 
 
+def read_frame(path: Path) -> tuple[pd.DataFrame, str]:
+    """A CSV (.csv), JSON lines (.jsonl/.ndjson), JSON (.json) or TSV (anything else) file as a DataFrame with
+    every column it has (empty cells as NaN), plus its decoded text; or one clear error."""
+    content = _decode(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            return pd.read_json(io.StringIO(content), lines=suffix != ".json", dtype=False), content
+        return pd.read_csv(io.StringIO(content), sep="," if suffix == ".csv" else "\t", dtype=str,
+                           keep_default_na=False, na_values=[""]), content
+    except (ValueError, pd.errors.ParserError) as e:
+        raise LlmclfError(f"{path}: cannot parse as {suffix or 'TSV'} ({str(e).splitlines()[0][:120]})") from None
+
+
 def read_table(path, text_column: str | None = None, label_column: str | None = None) -> pd.DataFrame:
     """A CSV, TSV or JSONL file as DataFrame(text, label) with string labels.
 
@@ -61,21 +76,12 @@ def read_table(path, text_column: str | None = None, label_column: str | None = 
     two-column TSV such as the UCI SMSSpamCollection is read as label<TAB>text.
     """
     path = Path(path)
-    content = _decode(path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            df = pd.read_json(io.StringIO(content), lines=suffix != ".json", dtype=False)
-        else:
-            sep = "," if suffix == ".csv" else "\t"
-            df = pd.read_csv(io.StringIO(content), sep=sep, dtype=str, keep_default_na=False, na_values=[""])
-            if (text_column is None and label_column is None and sep == "\t" and df.shape[1] == 2
-                    and _find(df.columns, None, TEXT_COLUMNS, "", path) is None):
-                # Headerless label<TAB>text, read with default quoting as the book does (5,572 SMS rows).
-                df = pd.read_csv(io.StringIO(content), sep="\t", header=None, names=["label", "text"], dtype=str,
-                                 keep_default_na=False, na_values=[""])
-    except (ValueError, pd.errors.ParserError) as e:
-        raise LlmclfError(f"{path}: cannot parse as {suffix or 'TSV'} ({str(e).splitlines()[0][:120]})") from None
+    df, content = read_frame(path)
+    if (text_column is None and label_column is None and path.suffix.lower() not in (".csv", ".json", ".jsonl", ".ndjson")
+            and df.shape[1] == 2 and _find(df.columns, None, TEXT_COLUMNS, "", path) is None):
+        # Headerless label<TAB>text, read with default quoting as the book does (5,572 SMS rows).
+        df = pd.read_csv(io.StringIO(content), sep="\t", header=None, names=["label", "text"], dtype=str,
+                         keep_default_na=False, na_values=[""])
     if df.empty or df.shape[1] < 2:
         raise LlmclfError(f"{path}: need a text column and a label column, found {df.shape[1]} column(s)")
     tcol = _find(df.columns, text_column, TEXT_COLUMNS, "text", path)
@@ -207,10 +213,19 @@ class ClassificationDataset(torch.utils.data.Dataset):
             raise LlmclfError(f"labels {unknown[:5]} were not seen in training (known: {', '.join(labels)})")
         self.texts = list(df["text"])
         self.targets = [index[x] for x in df["label"]]
+        self._source = (df, tokenizer, labels)
         encoded = tokenizer.encode_batch(self.texts, max_length or limit)
         self.max_length = max_length if max_length is not None else max(map(len, encoded))
         self.encoded = [e[: self.max_length] or [tokenizer.pad_id] for e in encoded]
         self.pad_id = tokenizer.pad_id
+
+    def with_max_length(self, max_length: int) -> "ClassificationDataset":
+        """The same split at another max_length; re-tokenized only if that truncates some text."""
+        if max_length >= max(map(len, self.encoded)):  # nothing gets cut: the token ids are the same
+            same = copy.copy(self)
+            same.max_length = max_length
+            return same
+        return ClassificationDataset(*self._source, max_length)
 
     def __len__(self):
         return len(self.encoded)

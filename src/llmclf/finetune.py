@@ -233,7 +233,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False) -> dict:
     train_ds = ClassificationDataset(data.train, tokenizer, data.labels, limit=model.backbone.cfg.context_length)
     max_length = distributed.agree(lambda: resolve_max_length(opts.context_length, train_ds.max_length,
                                                               model.backbone.cfg.context_length))
-    datasets = {"train": ClassificationDataset(data.train, tokenizer, data.labels, max_length),
+    datasets = {"train": train_ds.with_max_length(max_length),  # tokenized once, not twice
                 "validation": ClassificationDataset(data.validation, tokenizer, data.labels, max_length),
                 "test": ClassificationDataset(data.test, tokenizer, data.labels, max_length)}
 
