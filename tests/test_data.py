@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from llmclf.data import (BatchLoader, ClassificationDataset, create_balanced_dataset, length_sorted_chunks,
-                         pad_batch, prepare_data, random_split, read_table)
+                         pack_prefix_trees, pad_batch, prepare_data, random_split, read_table)
 from llmclf.errors import LlmclfError
 
 
@@ -107,6 +107,29 @@ def test_batch_loader_is_seeded_and_chunks_bound_padding():
     chunks = list(length_sorted_chunks(lengths, max_tokens=10))
     assert sorted(sum(chunks, [])) == [0, 1, 2, 3, 4]
     assert all(max(lengths[i] for i in c) * len(c) <= 10 for c in chunks)
+
+
+def test_pack_prefix_trees_stores_each_shared_prefix_once():
+    seqs = [[1, 2, 3, 4], [1, 2, 3, 9], [1, 2], [7, 8], [1, 2, 5], [7, 8, 9, 9, 9]]
+    rows = pack_prefix_trees(seqs, row_tokens=100)
+    assert len(rows) == 1
+    row = rows[0]
+    # trie: 1-2-{3-{4,9}, 5} and 7-8-9-9-9: 11 nodes for 20 tokens
+    assert len(row.tokens) == 11
+    assert sorted(row.members) == list(range(len(seqs)))
+    mask = row.mask()
+    for j, path in zip(row.members, row.paths):
+        assert [row.tokens[n] for n in path] == seqs[j]
+        assert [row.positions[n] for n in path] == list(range(len(seqs[j])))  # a node's position is its depth
+        last = path[-1]
+        assert set(mask[last].nonzero()[0]) == set(path)  # the last token sees exactly its own text
+    # small rows: no row holds more than max(row_tokens, longest) nodes, and every text is still whole
+    small = pack_prefix_trees(seqs, row_tokens=4)
+    assert all(len(r.tokens) <= 5 for r in small)
+    assert sorted(j for r in small for j in r.members) == list(range(len(seqs)))
+    for r in small:
+        for j, path in zip(r.members, r.paths):
+            assert [r.tokens[n] for n in path] == seqs[j]
 
 
 @pytest.mark.parametrize("append_eos", [False, True])

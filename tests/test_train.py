@@ -7,7 +7,7 @@ import torch
 
 from llmclf.classifier import TextClassifier, count_parameters, set_trainable
 from llmclf.models import MODELS, build_model
-from llmclf.train import TrainState, make_loaders, train_classifier_simple
+from llmclf.train import TrainState, compute_prefix_cache, make_loaders, train_classifier_simple
 
 
 class FakeDataset:
@@ -17,8 +17,12 @@ class FakeDataset:
         g = torch.Generator().manual_seed(seed)
         lengths = torch.randint(1, max_len, (n,), generator=g).tolist()
         self.encoded = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
+        # Templated texts, as in real data: every third text starts with a shared prefix (the cache stores it once).
+        shared = torch.randint(0, vocab, (12,), generator=g).tolist()
+        for i in range(0, n, 3):
+            self.encoded[i] = shared[: 3 + i % 9] + self.encoded[i]
         self.targets = torch.randint(0, 2, (n,), generator=g).tolist()
-        self.max_length = max(lengths)
+        self.max_length = max(map(len, self.encoded))
         self.pad_id = 0
 
     def __len__(self):
@@ -54,6 +58,25 @@ def test_cached_training_equals_uncached(arch, trainable, pooling):
         for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a, b)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("pooling", ["last_nonpad", "mean"])
+def test_prefix_cache_with_shared_prefixes_equals_each_text_alone(arch, pooling):
+    torch.manual_seed(0)
+    model = TextClassifier(build_model(replace(MODELS[f"{arch}-tiny"].config, n_layers=3)), 2, pooling).eval()
+    ds = FakeDataset(30, model.backbone.cfg.vocab_size, 4)
+    texts = ds.encoded + ds.encoded[:3] + [ds.encoded[0][:5], ds.encoded[0][:1]]  # duplicates, a text that is a prefix
+    for start in (2, 3):  # states entering the last block; pooled vectors (every block frozen)
+        cache = compute_prefix_cache(model, texts, start, "cpu", 0, max_tokens=64)
+        with torch.inference_mode():
+            for text, got in zip(texts, cache):
+                x = model.backbone.embed(torch.tensor([text]))
+                for block in list(model.blocks)[:start]:
+                    x = block(x)
+                want = model.pool(x, torch.tensor([len(text)]))[0] if start == 3 else x[0]
+                assert got.shape == want.shape
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_cache_is_not_used_when_it_would_not_be_exact():

@@ -307,5 +307,61 @@ def length_sorted_chunks(lengths, max_tokens: int = 8192, max_rows: int = 256):
         yield chunk
 
 
+
+@dataclass
+class PrefixTreeRow:
+    """Token sequences packed into one row as a trie laid out depth-first: a prefix shared by several
+    sequences is stored (and so computed) once. Node i holds `tokens[i]` at position `positions[i]` (its
+    depth) and may attend only to its ancestors and itself (`mask`); `paths[j]` lists the nodes of member
+    sequence j, so a causal model's states for that sequence are the row's states at those nodes."""
+    tokens: list
+    positions: list
+    parents: list
+    paths: list
+    members: list
+
+    def mask(self) -> np.ndarray:
+        n = len(self.tokens)
+        m = np.zeros((n, n), dtype=bool)
+        for i, p in enumerate(self.parents):  # parents come before children
+            if p >= 0:
+                m[i] = m[p]
+            m[i, i] = True
+        return m
+
+
+def pack_prefix_trees(seqs: list[list[int]], row_tokens: int) -> list[PrefixTreeRow]:
+    """Pack sequences into rows of at most max(row_tokens, longest) nodes, sharing common prefixes.
+    In lexicographic order sequences with a common prefix are neighbours, so they land in the same row."""
+    row_tokens = max(row_tokens, max(map(len, seqs), default=1))
+    rows: list[PrefixTreeRow] = []
+    row, child = None, {}
+    for j in sorted(range(len(seqs)), key=lambda k: seqs[k]):
+        seq = seqs[j]
+        for _ in range(2):  # a second try in a fresh row when this one is full
+            node, path, shared = -1, [], 0
+            for t in seq:
+                nxt = child.get((node, t)) if row is not None else None
+                if nxt is None:
+                    break
+                node = nxt
+                path.append(node)
+                shared += 1
+            if row is not None and len(row.tokens) + len(seq) - shared <= row_tokens:
+                break
+            row, child = PrefixTreeRow([], [], [], [], []), {}
+            rows.append(row)
+        for t in seq[shared:]:
+            row.tokens.append(t)
+            row.positions.append(len(path))
+            row.parents.append(node)
+            node = len(row.tokens) - 1
+            child[(row.parents[-1], t)] = node
+            path.append(node)
+        row.paths.append(path)
+        row.members.append(j)
+    return rows
+
 __all__ = ["read_table", "load_sms_spam", "create_balanced_dataset", "random_split", "prepare_data",
-           "ClassificationDataset", "SpamDataset", "pad_batch", "BatchLoader", "length_sorted_chunks"]
+           "ClassificationDataset", "SpamDataset", "pad_batch", "BatchLoader", "length_sorted_chunks",
+           "PrefixTreeRow", "pack_prefix_trees"]

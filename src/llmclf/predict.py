@@ -1,7 +1,8 @@
 """Classify new text with a saved classifier: `classify` for one text, `predict_texts` for many.
 
-Many texts are batched in order of length (little padding is computed) under inference_mode, then
-returned in input order. Pooling at the last real token plus the causal mask makes every prediction
+Many texts are batched in order of length (little padding is computed), a repeated text is computed
+once, and on a CPU the batches run side by side, one per core (see parallel.py); results come back in
+input order. Pooling at the last real token plus the causal mask makes every prediction
 independent of what it was batched with.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .data import length_sorted_chunks, pad_batch
+from .parallel import map_batches
 
 
 @dataclass
@@ -59,14 +61,21 @@ def predict_encoded(clf: Classifier, encoded: list[list[int]], batch_size: int =
 
     model = clf.model
     fixed = clf.max_length if model.pooling == "last" else None
-    lengths = [fixed or len(e) for e in encoded]
-    probs = torch.empty(len(encoded), model.num_classes)
+    distinct = list(dict.fromkeys(map(tuple, encoded)))  # a repeated text is classified once
+    slot = {e: i for i, e in enumerate(distinct)}
+    lengths = [fixed or len(e) for e in distinct]
+    probs = torch.empty(len(distinct), model.num_classes)
     chunks = list(length_sorted_chunks(lengths, max_tokens=batch_size * max(lengths, default=1), max_rows=batch_size))
-    for chunk in tqdm(chunks, desc="predict", unit="batch", disable=not progress, leave=False):
-        ids, lens = pad_batch([encoded[i] for i in chunk], clf.tokenizer.pad_id, fixed)
-        logits = model(ids.to(clf.device), lens.to(clf.device))
-        probs[chunk] = torch.softmax(logits.float(), -1).cpu()
-    return probs
+    with tqdm(total=len(chunks), desc="predict", unit="batch", disable=not progress, leave=False) as bar:
+        def run(chunk):
+            ids, lens = pad_batch([list(distinct[i]) for i in chunk], clf.tokenizer.pad_id, fixed)
+            logits = model(ids.to(clf.device), lens.to(clf.device))
+            probs[chunk] = torch.softmax(logits.float(), -1).cpu()
+            bar.update()
+
+        # On a CPU the batches run side by side, one per core, longest first.
+        map_batches(run, chunks, clf.device, cost=lambda c: len(c) * max(lengths[i] for i in c))
+    return probs[[slot[tuple(e)] for e in encoded]]
 
 
 def predict_texts(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from . import distributed
-from .data import BatchLoader, length_sorted_chunks, pad_batch
+from .data import BatchLoader, length_sorted_chunks, pack_prefix_trees, pad_batch
+from .parallel import map_batches
 from .metrics import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
 
 
@@ -47,13 +48,18 @@ def token_loader(dataset, batch_size, device, *, shuffle=False, drop_last=False,
 
 
 @torch.inference_mode()
-def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=None, max_tokens=8192):
+def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=None, max_tokens=1024):
     """Hidden states entering block `start` for every text (pooled vectors when start == n_layers).
-    Identical token sequences are computed once.
 
-    Under torchrun the length-sorted chunks are dealt round-robin (rank r computes chunks r, r+N, ...) and the
-    states all-gathered, so every rank holds the whole cache for 1/N of the work. Each text is computed in
-    the very chunk one process would compute it in, so the cache is the same as in a one-process run."""
+    Each distinct token sequence is computed once, and with the causal mask so is each shared prefix: texts
+    are packed into rows of prefix trees (`data.pack_prefix_trees`), where a token's states depend only on
+    the tokens before it, exactly as in a row of its own. Without the causal mask, or with the book's
+    fixed-length padding, texts go in length-sorted padded chunks instead. Chunks of about max_tokens
+    tokens keep the activations in cache (measured here: 1024 runs ~1.5x faster than 8192).
+
+    Under torchrun the chunks are dealt round-robin (rank r computes chunks r, r+N, ...) and the states
+    all-gathered, so every rank holds the whole cache for 1/N of the work. Each text is computed in the very
+    chunk one process would compute it in, so the cache is the same as in a one-process run."""
     slot_of, seqs, slots = {}, [], []
     for e in encoded:
         key = tuple(e)
@@ -61,35 +67,63 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
             slot_of[key] = len(seqs)
             seqs.append(e)
         slots.append(slot_of[key])
-    lengths = [fixed_length or len(s) for s in seqs]
     blocks = list(model.blocks)[:start]
+    pooled = start == len(model.blocks)
     out = [None] * len(seqs)
     was_training = model.training
     model.eval()
-    chunks = list(length_sorted_chunks(lengths, max_tokens))
     w, r = distributed.world(), distributed.rank()
-    for c, chunk in enumerate(chunks):
-        if c % w != r:
-            continue  # another rank's chunk
-        ids, lens = pad_batch([seqs[i] for i in chunk], pad_id, fixed_length)
-        ids, lens = ids.to(device), lens.to(device)
-        x = model.backbone.embed(ids)
-        attn_lengths = None if model.causal else lens  # causal + right padding: real tokens never see pads
-        for block in blocks:
-            x = block(x, attn_lengths, model.causal)
-        if start == len(model.blocks):
-            x = model.pool(x, lens)
-            for j, i in enumerate(chunk):
-                out[i] = x[j].clone()
-        else:
-            for j, i in enumerate(chunk):
-                out[i] = x[j, : lens[j]].clone()
+
+    def keep(x, members, paths, lengths):
+        """Store each member's states (its path's nodes), or its pooled vector when every block is frozen."""
+        for b, (i, path) in enumerate(zip(members, paths)):
+            states = x[b, path] if isinstance(path, list) else x[b, :path]
+            out[i] = model.pool(states[None], lengths[b:b + 1])[0] if pooled else states.clone()
+
+    if model.causal and fixed_length is None:
+        rows = pack_prefix_trees(seqs, row_tokens=128)
+        chunks = [[rows[i] for i in c] for c in length_sorted_chunks([len(t.tokens) for t in rows], max_tokens)]
+
+        def run(chunk):
+            ids, _ = pad_batch([t.tokens for t in chunk], pad_id)
+            T = ids.shape[1]
+            positions = torch.zeros_like(ids)
+            mask = torch.eye(T, dtype=torch.bool).repeat(len(chunk), 1, 1)  # a pad node sees itself only
+            for b, t in enumerate(chunk):
+                n = len(t.tokens)
+                positions[b, :n] = torch.tensor(t.positions)
+                mask[b, :n, :n] = torch.from_numpy(t.mask())
+            ids, positions, mask = ids.to(device), positions.to(device), mask.to(device)
+            x = model.backbone.embed(ids, positions)
+            for block in blocks:
+                x = block(x, positions=positions, tree_mask=mask)
+            for b, t in enumerate(chunk):
+                lengths = torch.tensor([len(p) for p in t.paths], device=x.device)
+                keep(x[b].expand(len(t.members), -1, -1), t.members, t.paths, lengths)
+
+        size = lambda chunk: len(chunk) * max(len(t.tokens) for t in chunk)  # noqa: E731
+        map_batches(run, chunks[r::w], device, cost=size)  # rank r's chunks: r, r+N, ...
+        owners = [[i for c in range(q, len(chunks), w) for t in chunks[c] for i in t.members] for q in range(w)]
+    else:
+        lengths = [fixed_length or len(s) for s in seqs]
+        chunks = list(length_sorted_chunks(lengths, max_tokens))
+
+        def run(chunk):
+            ids, lens = pad_batch([seqs[i] for i in chunk], pad_id, fixed_length)
+            ids, lens = ids.to(device), lens.to(device)
+            x = model.backbone.embed(ids)
+            attn_lengths = None if model.causal else lens  # causal + right padding: real tokens never see pads
+            for block in blocks:
+                x = block(x, attn_lengths, model.causal)
+            keep(x, chunk, lens.tolist(), lens)
+
+        map_batches(run, chunks[r::w], device, cost=lambda chunk: len(chunk) * max(lengths[i] for i in chunk))
+        owners = [[i for c in range(q, len(chunks), w) for i in chunks[c]] for q in range(w)]
     model.train(was_training)
     if w > 1:
-        owned = [[i for c in range(q, len(chunks), w) for i in chunks[c]] for q in range(w)]
-        gathered = distributed.all_gather_tensors([out[i] for i in owned[r]], device)
+        gathered = distributed.all_gather_tensors([out[i] for i in owners[r]], device)
         for q in range(w):
-            for i, t in zip(owned[q], gathered[q]):
+            for i, t in zip(owners[q], gathered[q]):
                 out[i] = t
     return [out[s] for s in slots]
 
@@ -120,11 +154,17 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
     info = {"cache": use_cache, "cache_start_block": start if use_cache else None, "cache_seconds": 0.0}
     loaders = {}
     t0 = time.perf_counter()
+    if use_cache:
+        # One pass over all splits, so a text that sits in two splits is computed once.
+        pad_id = next(iter(datasets.values())).pad_id
+        states = compute_prefix_cache(model, [e for ds in datasets.values() for e in ds.encoded], start, device,
+                                      pad_id, fixed)
+    offset = 0
     for name, ds in datasets.items():
         kw = dict(shuffle=name == "train", drop_last=name == "train", seed=seed)
         if use_cache:
-            states = compute_prefix_cache(model, ds.encoded, start, device, ds.pad_id, fixed)
-            loaders[name] = cached_loader(states, ds.targets, start, batch_size, device, **kw)
+            mine, offset = states[offset:offset + len(ds)], offset + len(ds)
+            loaders[name] = cached_loader(mine, ds.targets, start, batch_size, device, **kw)
         else:
             loaders[name] = token_loader(ds, batch_size, device, fixed_length=fixed, **kw)
     if use_cache:

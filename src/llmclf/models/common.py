@@ -22,17 +22,36 @@ def gather_positions(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index)
 
 
-def attention(q, k, v, *, lengths=None, causal=True, query_pos=None, dropout_p=0.0):
+def project_real_tokens(linear, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """linear(x) computed at real tokens only (position < length); padded positions stay zero. For keys and
+    values: attention masks padded keys, so their values are never read. In the classifier's last block,
+    which computes one query per row, the K/V projections are most of the work, and in a shuffled training
+    batch padded to its longest text about half of the positions are padding."""
+    B, T, _ = x.shape
+    if lengths is None or int(lengths.min()) == T:
+        return linear(x)
+    real = torch.arange(T, device=x.device)[None, :] < lengths[:, None]
+    y = linear(x[real])
+    out = y.new_zeros(B, T, y.shape[-1])
+    out[real] = y
+    return out
+
+
+def attention(q, k, v, *, lengths=None, causal=True, query_pos=None, dropout_p=0.0, tree_mask=None):
     """Scaled-dot-product attention over heads.
 
     q: (B, H, Tq, hd); k, v: (B, Hkv, Tk, hd), Hkv dividing H (grouped-query attention).
     lengths: (B,) number of real tokens per row, or None when no row is padded. Keys at or past a row's
     length are masked, so right padding never changes a real token's output.
     query_pos: (B,) the one position each row's single query sits at (Tq == 1), or None for Tq == Tk.
+    tree_mask: (B, T, T) boolean, True where a query may attend a key; given for rows of packed prefix
+    trees (`data.pack_prefix_trees`), where it replaces lengths and the causal mask.
     """
     B, _, Tq, _ = q.shape
     Tk = k.shape[2]
     gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
+    if tree_mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=tree_mask.unsqueeze(1), dropout_p=dropout_p, **gqa)
     if lengths is None and query_pos is None:
         # Fast path: the fused kernel's own causal mask (or none at all).
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, **gqa)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import attention, gather_positions, init_weights
+from .common import attention, gather_positions, init_weights, project_real_tokens
 
 
 @dataclass
@@ -68,21 +68,24 @@ class GroupedQueryAttention(nn.Module):
         self.W_value = nn.Linear(cfg.emb_dim, self.n_kv * self.head_dim, bias=False)
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, cfg.emb_dim, bias=False)
 
-    def forward(self, x, cos, sin, lengths=None, causal=True, query_pos=None):
+    def forward(self, x, cos, sin, lengths=None, causal=True, query_pos=None, positions=None, tree_mask=None):
         B, T, _ = x.shape
         x_q = x if query_pos is None else gather_positions(x, query_pos)
         Tq = x_q.shape[1]
         q = self.W_query(x_q).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.W_key(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.W_value(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        cos_t, sin_t = cos[:T], sin[:T]
+        k = project_real_tokens(self.W_key, x, lengths if query_pos is not None else None).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = project_real_tokens(self.W_value, x, lengths if query_pos is not None else None).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        if positions is None:
+            cos_t, sin_t = cos[:T], sin[:T]
+        else:  # packed prefix trees: each token rotates by its own position (its depth in the tree)
+            cos_t, sin_t = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
         k = apply_rope(k, cos_t, sin_t)
         if query_pos is None:
             q = apply_rope(q, cos_t, sin_t)
         else:  # each row's single query rotates by its own position
             q = apply_rope(q, cos[query_pos].view(B, 1, 1, -1), sin[query_pos].view(B, 1, 1, -1))
         out = attention(q, k, v, lengths=lengths, causal=causal, query_pos=query_pos,
-                        dropout_p=self.drop_rate if self.training else 0.0)
+                        dropout_p=self.drop_rate if self.training else 0.0, tree_mask=tree_mask)
         return self.out_proj(out.transpose(1, 2).reshape(B, Tq, -1))
 
 
@@ -109,10 +112,11 @@ class TransformerBlock(nn.Module):
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
         self._rope = rope  # the model's shared cos/sin tables (a plain list: not a submodule)
 
-    def forward(self, x, lengths=None, causal=True, query_pos=None):
+    def forward(self, x, lengths=None, causal=True, query_pos=None, positions=None, tree_mask=None):
         cos, sin = self._rope[0](x)
         shortcut = x if query_pos is None else gather_positions(x, query_pos)
-        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), cos, sin, lengths, causal, query_pos))
+        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), cos, sin, lengths, causal, query_pos,
+                                                   positions, tree_mask))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -137,7 +141,8 @@ class LlamaModel(nn.Module):
         """The cos/sin tables, in x's dtype (rope_tables builds them in float32)."""
         return self.rope_cos.to(x.dtype), self.rope_sin.to(x.dtype)
 
-    def embed(self, in_idx):
+    def embed(self, in_idx, positions=None):
+        """Token embeddings (positions enter later, by rotation in attention)."""
         return self.drop_emb(self.tok_emb(in_idx))
 
     def forward(self, in_idx, lengths=None):
