@@ -62,3 +62,11 @@ def test_predict_errors(tmp_path, tiny_run):
     _one_line_error(run_cli("predict", tmp_path / "nope", "hi"), "no such run or model directory")
     _one_line_error(run_cli("predict", tiny_run), "nothing to classify")
     _one_line_error(run_cli("predict", tiny_run, "--input", tmp_path / "missing.txt"), "no such file")
+
+
+def test_experiment_only_with_an_unknown_row_is_refused_before_writing(tmp_path, sms_file):
+    out = tmp_path / "exp"
+    r = run_cli("experiment", "--preset", "book-table", "--model", "gpt2-tiny", "--only", "default,nosuch",
+                "--data-file", sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out)
+    _one_line_error(r, "no row named 'nosuch'")
+    assert not out.exists()

@@ -300,7 +300,15 @@ def test_book_table_preset_runs_selected_rows_with_baselines(tmp_path, small_csv
     assert list(df["trainable_token"][:2]) == ["last", "first"]
     md = (out / "results.md").read_text()
     assert "1 (book 1)" in md and "## Rows not run" in md and "gpt2-xl" in md and "ignore-index" in md
+    assert "- last-layer (book row 3): not run yet" in md
     assert (out / "baseline" / "results.csv").is_file() and (out / "accuracy.png").is_file()
+    # a later call with other rows runs just those; the rows finished before stay in the table
+    df2 = run_experiments(preset="book-table", out=out, base=_base(small, model="gpt2-tiny", epochs=1),
+                          only=["last-layer"], log=lambda *_: None)
+    assert list(df2["name"][:3]) == ["default", "first-token", "last-layer"]
+    assert list(df2["test_acc"][:2]) == list(df["test_acc"][:2])  # read back, not rerun
+    md = (out / "results.md").read_text()
+    assert "not run yet" in md and "- last-layer (book row 3)" not in md
 
 
 def test_ctrl_c_during_a_row_exits_130_and_a_rerun_continues(tmp_path, sms_file):

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--model", default=None, help="backbone for rows that do not name one")
     p.add_argument("--epochs", type=int, default=None, help="epochs for rows that do not set them")
+    p.add_argument("--only", default=None, metavar="NAME[,NAME...]",
+                   help="run just these rows (finished rows stay in the table; a later call runs the rest)")
     p.add_argument("--tokenizer-dir")
 
     p = sub.add_parser("baseline", help="classical baselines (majority, TF-IDF + LR, TF-IDF + NB) on the same split")
@@ -259,7 +261,8 @@ def cmd_experiment(a) -> int:
         if getattr(a, k) is not None:
             base[k] = getattr(a, k)
     try:
-        run_experiments(grid=a.grid, preset=a.preset, out=a.out, base=base)
+        only = [n.strip() for n in a.only.split(",") if n.strip()] if a.only is not None else None
+        run_experiments(grid=a.grid, preset=a.preset, out=a.out, base=base, only=only)
     except TrainingInterrupted as e:  # Ctrl-C: the row's checkpoint is saved; same exit as `train`
         print(f"llmclf: {e}", file=sys.stderr)
         return 130

@@ -491,7 +491,8 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
                     only: list[str] | None = None):
     """Run every row of a grid file or preset into OUT/runs/<name>/ (finished rows are read back);
     write OUT/results.csv, OUT/results.md, OUT/accuracy.png; return the table as a DataFrame.
-    `only`: run just the rows with these names (the table then holds just them)."""
+    `only`: run just the rows with these names; rows finished earlier still appear in the table, and the
+    others are listed as not run yet (a later call runs them)."""
     from .finetune import TrainingInterrupted
 
     log = log or _log
@@ -536,7 +537,7 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
         unknown = sorted(set(only) - names)
         if unknown:
             raise LlmclfError(f"no row named {unknown[0]!r} in {where_file} (rows: {', '.join(sorted(names))})")
-        planned = [p for p in planned if p[0] in set(only)]
+        only = set(only)
 
     data_opts = build_options(defaults, base, {}, out / "runs", where_file)
     if preset is not None:
@@ -553,9 +554,15 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
     table = []
     df = write_results(out, _baseline_rows(out), title, skipped=skipped, notes=notes)
     t_all = time.perf_counter()
+    pending = []
     for i, (name, row, opts) in enumerate(planned, 1):
         run_dir = Path(opts.out)
         metrics = _finished(run_dir, opts)
+        if metrics is None and only is not None and name not in only:
+            pending.append({"name": name, "book_row": row.get("book_row"),
+                            "skip": "not run yet (left out by --only); the same command without --only runs it"})
+            df = write_results(out, table + _baseline_rows(out), title, skipped=skipped + pending, notes=notes)
+            continue
         if metrics is not None:
             log(f"[{i}/{len(planned)}] {name}: finished earlier, read back from {run_dir}/metrics.json")
         else:
@@ -573,7 +580,7 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
         entry = _describe_run(opts, metrics, row.get("note", ""), run_dir)
         entry["book_row"] = row.get("book_row")
         table.append(entry)
-        df = write_results(out, table + _baseline_rows(out), title, skipped=skipped, notes=notes)
+        df = write_results(out, table + _baseline_rows(out), title, skipped=skipped + pending, notes=notes)
     log(f"experiment: {len(planned)} rows in {time.perf_counter() - t_all:.1f}s -> {out / 'results.md'}")
     return df
 
