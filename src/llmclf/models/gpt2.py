@@ -55,8 +55,9 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x, lengths=None, causal=True, query_pos=None, tree_mask=None):
         x_q = x if query_pos is None else gather_positions(x, query_pos)
-        k = self._heads(project_real_tokens(self.W_key, x, lengths if query_pos is not None else None))
-        v = self._heads(project_real_tokens(self.W_value, x, lengths if query_pos is not None else None))
+        real = lengths if query_pos is not None else None  # one query per row: K/V at real tokens only
+        k = self._heads(project_real_tokens(self.W_key, x, real))
+        v = self._heads(project_real_tokens(self.W_value, x, real))
         q = self._heads(self.W_query(x_q))
         out = attention(q, k, v, lengths=lengths, causal=causal, query_pos=query_pos,
                         dropout_p=self.drop_rate if self.training else 0.0, tree_mask=tree_mask)

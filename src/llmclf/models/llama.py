@@ -73,8 +73,9 @@ class GroupedQueryAttention(nn.Module):
         x_q = x if query_pos is None else gather_positions(x, query_pos)
         Tq = x_q.shape[1]
         q = self.W_query(x_q).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = project_real_tokens(self.W_key, x, lengths if query_pos is not None else None).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = project_real_tokens(self.W_value, x, lengths if query_pos is not None else None).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        real = lengths if query_pos is not None else None  # one query per row: K/V at real tokens only
+        k = project_real_tokens(self.W_key, x, real).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = project_real_tokens(self.W_value, x, real).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         if positions is None:
             cos_t, sin_t = cos[:T], sin[:T]
         else:  # packed prefix trees: each token rotates by its own position (its depth in the tree)
