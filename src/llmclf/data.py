@@ -307,6 +307,18 @@ def length_sorted_chunks(lengths, max_tokens: int = 8192, max_rows: int = 256):
         yield chunk
 
 
+def distinct_sequences(encoded) -> tuple[list[list[int]], list[int]]:
+    """The distinct token sequences in first-seen order, and for each input the index of its sequence:
+    a text that occurs twice is computed once."""
+    slot_of, seqs, slots = {}, [], []
+    for e in encoded:
+        key = tuple(e)
+        if key not in slot_of:
+            slot_of[key] = len(seqs)
+            seqs.append(list(e))
+        slots.append(slot_of[key])
+    return seqs, slots
+
 
 @dataclass
 class PrefixTreeRow:
@@ -364,4 +376,4 @@ def pack_prefix_trees(seqs: list[list[int]], row_tokens: int) -> list[PrefixTree
 
 __all__ = ["read_table", "load_sms_spam", "create_balanced_dataset", "random_split", "prepare_data",
            "ClassificationDataset", "SpamDataset", "pad_batch", "BatchLoader", "length_sorted_chunks",
-           "PrefixTreeRow", "pack_prefix_trees"]
+           "distinct_sequences", "PrefixTreeRow", "pack_prefix_trees"]

@@ -551,18 +551,19 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
         data_keys = ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")
         run_baselines(out / "baseline", {k: getattr(data_opts, k) for k in data_keys}, log=log)
 
+    if only is not None:  # rows left out now and not finished before: listed as still to run
+        skipped = skipped + [
+            {"name": name, "book_row": row.get("book_row"),
+             "skip": "not run yet (left out by --only); the same command without --only runs it"}
+            for name, row, opts in planned if name not in only and _finished(Path(opts.out), opts) is None]
     table = []
     df = write_results(out, _baseline_rows(out), title, skipped=skipped, notes=notes)
     t_all = time.perf_counter()
-    pending = []
     for i, (name, row, opts) in enumerate(planned, 1):
         run_dir = Path(opts.out)
         metrics = _finished(run_dir, opts)
         if metrics is None and only is not None and name not in only:
-            pending.append({"name": name, "book_row": row.get("book_row"),
-                            "skip": "not run yet (left out by --only); the same command without --only runs it"})
-            df = write_results(out, table + _baseline_rows(out), title, skipped=skipped + pending, notes=notes)
-            continue
+            continue  # listed above as not run yet
         if metrics is not None:
             log(f"[{i}/{len(planned)}] {name}: finished earlier, read back from {run_dir}/metrics.json")
         else:
@@ -580,7 +581,7 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
         entry = _describe_run(opts, metrics, row.get("note", ""), run_dir)
         entry["book_row"] = row.get("book_row")
         table.append(entry)
-        df = write_results(out, table + _baseline_rows(out), title, skipped=skipped + pending, notes=notes)
+        df = write_results(out, table + _baseline_rows(out), title, skipped=skipped, notes=notes)
     log(f"experiment: {len(planned)} rows in {time.perf_counter() - t_all:.1f}s -> {out / 'results.md'}")
     return df
 

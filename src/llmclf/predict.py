@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .data import length_sorted_chunks, pad_batch
+from .data import distinct_sequences, length_sorted_chunks, pad_batch
 from .parallel import map_batches
 
 
@@ -61,21 +61,20 @@ def predict_encoded(clf: Classifier, encoded: list[list[int]], batch_size: int =
 
     model = clf.model
     fixed = clf.max_length if model.pooling == "last" else None
-    distinct = list(dict.fromkeys(map(tuple, encoded)))  # a repeated text is classified once
-    slot = {e: i for i, e in enumerate(distinct)}
+    distinct, slots = distinct_sequences(encoded)  # a repeated text is classified once
     lengths = [fixed or len(e) for e in distinct]
     probs = torch.empty(len(distinct), model.num_classes)
     chunks = list(length_sorted_chunks(lengths, max_tokens=batch_size * max(lengths, default=1), max_rows=batch_size))
     with tqdm(total=len(chunks), desc="predict", unit="batch", disable=not progress, leave=False) as bar:
         def run(chunk):
-            ids, lens = pad_batch([list(distinct[i]) for i in chunk], clf.tokenizer.pad_id, fixed)
+            ids, lens = pad_batch([distinct[i] for i in chunk], clf.tokenizer.pad_id, fixed)
             logits = model(ids.to(clf.device), lens.to(clf.device))
             probs[chunk] = torch.softmax(logits.float(), -1).cpu()
             bar.update()
 
         # On a CPU the batches run side by side, one per core, longest first.
         map_batches(run, chunks, clf.device, cost=lambda c: len(c) * max(lengths[i] for i in c))
-    return probs[[slot[tuple(e)] for e in encoded]]
+    return probs[slots]
 
 
 def predict_texts(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from . import distributed
-from .data import BatchLoader, length_sorted_chunks, pack_prefix_trees, pad_batch
+from .data import BatchLoader, distinct_sequences, length_sorted_chunks, pack_prefix_trees, pad_batch
 from .parallel import map_batches
 from .metrics import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
 
@@ -60,13 +60,7 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
     Under torchrun the chunks are dealt round-robin (rank r computes chunks r, r+N, ...) and the states
     all-gathered, so every rank holds the whole cache for 1/N of the work. Each text is computed in the very
     chunk one process would compute it in, so the cache is the same as in a one-process run."""
-    slot_of, seqs, slots = {}, [], []
-    for e in encoded:
-        key = tuple(e)
-        if key not in slot_of:
-            slot_of[key] = len(seqs)
-            seqs.append(e)
-        slots.append(slot_of[key])
+    seqs, slots = distinct_sequences(encoded)
     blocks = list(model.blocks)[:start]
     pooled = start == len(model.blocks)
     out = [None] * len(seqs)
@@ -74,11 +68,10 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
     model.eval()
     w, r = distributed.world(), distributed.rank()
 
-    def keep(x, members, paths, lengths):
-        """Store each member's states (its path's nodes), or its pooled vector when every block is frozen."""
-        for b, (i, path) in enumerate(zip(members, paths)):
-            states = x[b, path] if isinstance(path, list) else x[b, :path]
-            out[i] = model.pool(states[None], lengths[b:b + 1])[0] if pooled else states.clone()
+    def keep(i, states):
+        """Store text i's states (T_i, D), or its pooled vector when every block is frozen."""
+        length = torch.tensor([states.shape[0]], device=states.device)
+        out[i] = model.pool(states[None], length)[0] if pooled else states.clone()
 
     if model.causal and fixed_length is None:
         rows = pack_prefix_trees(seqs, row_tokens=128)
@@ -98,12 +91,14 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
             for block in blocks:
                 x = block(x, positions=positions, tree_mask=mask)
             for b, t in enumerate(chunk):
-                lengths = torch.tensor([len(p) for p in t.paths], device=x.device)
-                keep(x[b].expand(len(t.members), -1, -1), t.members, t.paths, lengths)
+                for i, path in zip(t.members, t.paths):
+                    keep(i, x[b, path])
 
-        size = lambda chunk: len(chunk) * max(len(t.tokens) for t in chunk)  # noqa: E731
-        map_batches(run, chunks[r::w], device, cost=size)  # rank r's chunks: r, r+N, ...
-        owners = [[i for c in range(q, len(chunks), w) for t in chunks[c] for i in t.members] for q in range(w)]
+        def members(chunk):
+            return [i for t in chunk for i in t.members]
+
+        def cost(chunk):
+            return len(chunk) * max(len(t.tokens) for t in chunk)
     else:
         lengths = [fixed_length or len(s) for s in seqs]
         chunks = list(length_sorted_chunks(lengths, max_tokens))
@@ -115,12 +110,19 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
             attn_lengths = None if model.causal else lens  # causal + right padding: real tokens never see pads
             for block in blocks:
                 x = block(x, attn_lengths, model.causal)
-            keep(x, chunk, lens.tolist(), lens)
+            for j, (i, n) in enumerate(zip(chunk, lens.tolist())):
+                keep(i, x[j, :n])
 
-        map_batches(run, chunks[r::w], device, cost=lambda chunk: len(chunk) * max(lengths[i] for i in chunk))
-        owners = [[i for c in range(q, len(chunks), w) for i in chunks[c]] for q in range(w)]
+        def members(chunk):
+            return chunk
+
+        def cost(chunk):
+            return len(chunk) * max(lengths[i] for i in chunk)
+
+    map_batches(run, chunks[r::w], device, cost=cost)  # rank r's chunks: r, r+N, ...
     model.train(was_training)
     if w > 1:
+        owners = [[i for c in chunks[q::w] for i in members(c)] for q in range(w)]
         gathered = distributed.all_gather_tensors([out[i] for i in owners[r]], device)
         for q in range(w):
             for i, t in zip(owners[q], gathered[q]):
