@@ -70,8 +70,10 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
 
     def keep(i, states):
         """Store text i's states (T_i, D), or its pooled vector when every block is frozen."""
-        length = torch.tensor([states.shape[0]], device=states.device)
-        out[i] = model.pool(states[None], length)[0] if pooled else states.clone()
+        if pooled:
+            out[i] = model.pool(states[None], torch.tensor([states.shape[0]], device=states.device))[0]
+        else:
+            out[i] = states.clone()
 
     if model.causal and fixed_length is None:
         rows = pack_prefix_trees(seqs, row_tokens=128)
