@@ -188,6 +188,35 @@ class_weights = true
     assert "class-weighted" in df.loc["unbal-cw", "notes"] and "unbalanced" in df.loc["unbal", "notes"]
 
 
+def test_rows_with_the_same_frozen_prefix_share_one_cache_and_get_a_lone_runs_results(tmp_path, small_csv):
+    """Two rows that differ only in the loss: the second reuses the first's frozen-prefix cache, and its
+    history and metrics equal those of the same row run alone (which computes its own cache)."""
+    small, unbalanced = small_csv
+    rows = """
+[[run]]
+name = "unbal-cw"
+data_file = "UNBAL"
+balance = false
+class_weights = true
+""".replace("UNBAL", str(unbalanced).replace("\\", "/"))
+    plain = '[[run]]\nname = "unbal"\nbalance = false\ndata_file = "UNBAL"\n'.replace(
+        "UNBAL", str(unbalanced).replace("\\", "/"))
+    pair = _grid(tmp_path / "pair.toml", plain + rows)
+    alone = _grid(tmp_path / "alone.toml", rows)
+    run_experiments(grid=str(pair), out=tmp_path / "pair", base=_base(small), log=lambda *_: None)
+    run_experiments(grid=str(alone), out=tmp_path / "alone", base=_base(small), log=lambda *_: None)
+    read = lambda d, n: pd.read_json(tmp_path / d / "runs" / n / "metrics.json", typ="series")
+    assert not read("pair", "unbal")["cache_reused"] and not read("alone", "unbal-cw")["cache_reused"]
+    assert read("pair", "unbal-cw")["cache_reused"]
+    shared, lone = read("pair", "unbal-cw"), read("alone", "unbal-cw")
+    for split in ("train", "validation", "test"):
+        assert shared[split]["accuracy"] == lone[split]["accuracy"]
+        assert shared[split]["loss"] == pytest.approx(lone[split]["loss"], abs=1e-6)
+    h_shared = pd.read_csv(tmp_path / "pair" / "runs" / "unbal-cw" / "history.csv")
+    h_lone = pd.read_csv(tmp_path / "alone" / "runs" / "unbal-cw" / "history.csv")
+    pd.testing.assert_frame_equal(h_shared, h_lone, atol=1e-6, rtol=0)
+
+
 def test_two_row_grid_writes_tables_and_rerun_skips_finished_rows(tmp_path, small_csv):
     small, _ = small_csv
     grid = _grid(tmp_path / "g.toml", """

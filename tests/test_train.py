@@ -7,7 +7,7 @@ import torch
 
 from llmclf.classifier import TextClassifier, count_parameters, set_trainable
 from llmclf.models import MODELS, build_model
-from llmclf.train import TrainState, compute_prefix_cache, make_loaders, train_classifier_simple
+from llmclf.train import PrefixCacheStore, TrainState, compute_prefix_cache, make_loaders, train_classifier_simple
 
 
 class FakeDataset:
@@ -77,6 +77,57 @@ def test_prefix_cache_with_shared_prefixes_equals_each_text_alone(arch, pooling)
                 want = model.pool(x, torch.tensor([len(text)]))[0] if start == 3 else x[0]
                 assert got.shape == want.shape
                 torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_cache_store_reuses_a_cache_only_for_the_same_frozen_weights_and_texts():
+    cfg = replace(MODELS["gpt2-tiny"].config, n_layers=3)
+
+    def model_(pooling="last_nonpad", trainable="last_block", seed=0):
+        torch.manual_seed(seed)
+        return set_trainable(TextClassifier(build_model(cfg), 2, pooling), trainable)
+
+    datasets = {"train": FakeDataset(20, cfg.vocab_size, 1), "validation": FakeDataset(6, cfg.vocab_size, 2),
+                "test": FakeDataset(6, cfg.vocab_size, 3)}
+    store = PrefixCacheStore()
+
+    def reused(model, data=datasets):
+        loaders, info = make_loaders(model, data, 4, "cpu", log=lambda *_: None, store=store)
+        return info["cache_reused"], loaders
+
+    first, loaders = reused(model_())
+    assert first is False
+    again = model_()
+    with torch.no_grad():  # what trains (the last block, the head) is not part of the key
+        again.blocks[-1].att.W_query.weight.add_(1.0)
+        again.backbone.out_head.weight.add_(1.0)
+    hit, loaders2 = reused(again)
+    assert hit is True
+    a, b = next(iter(loaders["test"])), next(iter(loaders2["test"]))
+    assert a["hidden"] is not b["hidden"] and torch.equal(a["hidden"], b["hidden"])
+    assert reused(model_(pooling="mean"))[0] is True  # unpooled states of the same texts: the same cache
+    frozen = model_()
+    with torch.no_grad():
+        frozen.blocks[0].att.W_query.weight[0, 0] += 1e-3
+    assert reused(frozen)[0] is False  # a frozen weight differs
+    changed = {**datasets, "test": FakeDataset(6, cfg.vocab_size, 3)}
+    changed["test"].encoded[0] = changed["test"].encoded[0][:-1] + [(changed["test"].encoded[0][-1] + 1) % 50]
+    assert reused(model_(), changed)[0] is False  # one token differs
+    assert reused(model_(pooling="last"))[0] is False  # padded to the longest text: other states
+    assert reused(model_(trainable="last_two_blocks"))[0] is False  # cache enters another block
+    assert reused(model_(trainable="last_layer"))[0] is False  # pooled vectors: last_nonpad
+    assert reused(model_(pooling="mean", trainable="last_layer"))[0] is False  # pooled vectors: mean differs
+
+
+def test_cache_store_drops_the_oldest_entries_past_its_budget():
+    store = PrefixCacheStore(max_bytes=3 * 400)
+    for key in "abc":
+        store.put(key, [torch.zeros(100)])  # 400 bytes each
+    assert all(store.get(k) is not None for k in "abc")
+    store.get("a")  # used: now the newest
+    store.put("d", [torch.zeros(100)])
+    assert store.get("b") is None and all(store.get(k) is not None for k in "acd")
+    store.put("huge", [torch.zeros(1000)])  # larger than the whole budget: not kept, nothing dropped
+    assert store.get("huge") is None and all(store.get(k) is not None for k in "acd")
 
 
 def test_cache_is_not_used_when_it_would_not_be_exact():

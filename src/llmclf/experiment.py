@@ -494,6 +494,7 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
     `only`: run just the rows with these names; rows finished earlier still appear in the table, and the
     others are listed as not run yet (a later call runs them)."""
     from .finetune import TrainingInterrupted
+    from .train import PrefixCacheStore
 
     log = log or _log
     base = dict(base or {})
@@ -513,7 +514,8 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
             "book's setting); 'last non-pad' reads each text's last real token (the book's 'flexible'); 'mean of "
             "all' averages the real tokens' outputs (the book's --average_embeddings).",
             "Training time runs from data ready to final metrics: model loading, tokenization, the frozen-prefix "
-            "cache (computed once per row), training and the evaluation of all three splits.",
+            "cache (computed once, and reused by later rows with the same frozen blocks and texts), training and "
+            "the evaluation of all three splits.",
         ]
     else:
         defaults, rows = load_grid(grid)
@@ -559,6 +561,7 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
     table = []
     df = write_results(out, _baseline_rows(out), title, skipped=skipped, notes=notes)
     t_all = time.perf_counter()
+    store = PrefixCacheStore()  # rows with the same frozen blocks and texts compute their cache once
     for i, (name, row, opts) in enumerate(planned, 1):
         run_dir = Path(opts.out)
         metrics = _finished(run_dir, opts)
@@ -570,7 +573,7 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
             t0 = time.perf_counter()
             try:
                 with _threads_for(opts):
-                    metrics = _train_row(opts, run_dir, name, f"[{i}/{len(planned)}]", log)
+                    metrics = _train_row(opts, run_dir, name, f"[{i}/{len(planned)}]", log, store)
             except TrainingInterrupted:
                 raise TrainingInterrupted(f"interrupted in row {name!r}; its checkpoint is saved: run the same "
                                           "`llmclf experiment` command again to continue") from None
@@ -586,15 +589,15 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
     return df
 
 
-def _train_row(opts, run_dir: Path, name: str, tag: str, log) -> dict:
+def _train_row(opts, run_dir: Path, name: str, tag: str, log, store=None) -> dict:
     from .finetune import finetune, resume
     if _resumable(run_dir, opts):
         log(f"{tag} {name}: resuming the interrupted run from its checkpoint")
-        return resume(run_dir)
+        return resume(run_dir, store)
     if run_dir.exists():
         log(f"{tag} {name}: incomplete or other options in {run_dir}; redoing it")
     log(f"{tag} {name}: training")
-    return finetune(opts)
+    return finetune(opts, cache_store=store)
 
 
 TINY_MODELS = ("gpt2-tiny", "llama-tiny")

@@ -175,7 +175,7 @@ def _read_run_options(run_dir: Path) -> dict:
     return json.loads(f.read_text())
 
 
-def resume(run_dir) -> dict:
+def resume(run_dir, cache_store=None) -> dict:
     """Continue a run from RUN_DIR/checkpoint.safetensors with the options it was started with.
     Under torchrun, rank 0 reads the run directory and sends the options and checkpoint to the others."""
     from . import distributed
@@ -185,11 +185,12 @@ def resume(run_dir) -> dict:
     saved["split"] = tuple(saved["split"])
     opts = FinetuneOptions(**{k: v for k, v in saved.items() if k in FinetuneOptions.__dataclass_fields__})
     opts.out = str(run_dir)
-    return finetune(opts, resuming=True)
+    return finetune(opts, resuming=True, cache_store=cache_store)
 
 
-def finetune(opts: FinetuneOptions, resuming: bool = False) -> dict:
-    """Run the whole job; returns the metrics written to RUN_DIR/metrics.json."""
+def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) -> dict:
+    """Run the whole job; returns the metrics written to RUN_DIR/metrics.json.
+    `cache_store` (a `train.PrefixCacheStore`): reuse frozen-prefix caches across runs in this process."""
     from . import __version__
     from .artifact import atomic_write_text, save_classifier
     from .classifier import count_parameters
@@ -246,7 +247,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False) -> dict:
                 getattr(data, split).to_csv(out / f"{split}.csv", index=False)
         with amp():
             loaders, cache_info = make_loaders(model, datasets, opts.batch_size, device, seed=opts.seed,
-                                               cache=opts.cache, log=log)
+                                               cache=opts.cache, log=log, store=cache_store)
         weight = None
         if opts.class_weights:
             counts = torch.bincount(torch.tensor(datasets["train"].targets), minlength=len(data.labels)).float()

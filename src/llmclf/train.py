@@ -17,10 +17,14 @@ chunks across ranks and all-gathered (see `compute_prefix_cache`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
@@ -132,6 +136,51 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
     return [out[s] for s in slots]
 
 
+class PrefixCacheStore:
+    """Frozen-prefix caches kept for later runs in one process (`llmclf experiment`). Two rows whose frozen
+    blocks hold the same weights and read the same token ids get the same states, so the second reuses the
+    first's instead of recomputing them (the book table's unbalanced rows differ only in the loss, and five
+    rows read the same unpadded texts). The key digests everything the states depend on: the frozen weights
+    with their dtype and device (all but the trainable blocks and the class head), the token ids, the pad id
+    and padding mode, the causal mask, and the pooling when the cache holds pooled vectors. The oldest
+    entries are dropped once the stored states pass `max_bytes`."""
+
+    def __init__(self, max_bytes: int = 4 << 30):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[list, int]] = OrderedDict()
+
+    @staticmethod
+    def key(model, encoded, start: int, pad_id: int, fixed_length: int | None) -> str:
+        h = hashlib.blake2b(digest_size=20)
+        blocks = list(model.blocks)
+        trained = {id(t) for b in blocks[start:] for t in itertools.chain(b.parameters(), b.buffers())}
+        trained |= {id(t) for t in model.backbone.out_head.parameters()}
+        pooling = model.pooling if start == len(blocks) else None
+        h.update(repr((type(model.backbone).__name__, start, pad_id, fixed_length, model.causal, pooling)).encode())
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+            if id(t) in trained:
+                continue
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:{t.device};".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        h.update(np.array([len(e) for e in encoded], dtype=np.int64).tobytes())
+        h.update(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> list | None:
+        if key not in self._entries:
+            return None
+        self._entries.move_to_end(key)
+        return self._entries[key][0]
+
+    def put(self, key: str, states: list) -> None:
+        size = sum(t.numel() * t.element_size() for t in {id(t): t for t in states}.values())
+        if size > self.max_bytes:
+            return
+        self._entries[key] = (states, size)
+        while sum(n for _, n in self._entries.values()) > self.max_bytes:
+            self._entries.popitem(last=False)
+
+
 def cached_loader(cache, targets, start, batch_size, device, *, shuffle=False, drop_last=False, seed=123):
     targets = torch.tensor(targets)
 
@@ -149,9 +198,11 @@ def cached_loader(cache, targets, start, batch_size, device, *, shuffle=False, d
     return loader
 
 
-def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, cache="auto", log=print):
+def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, cache="auto", log=print,
+                 store: PrefixCacheStore | None = None):
     """Train/validation/test loaders; cached when `cache` is "on", or "auto" and the cache is exact.
-    Returns (loaders, info) where info says whether the cache is used, from which block, and its time."""
+    Returns (loaders, info) where info says whether the cache is used, from which block, and its time.
+    With a `store`, a cache an earlier run computed for the same frozen weights and texts is reused."""
     fixed = datasets["train"].max_length if model.pooling == "last" else None
     start = model.frozen_prefix()
     use_cache = cache != "off" and start > 0
@@ -161,8 +212,14 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
     if use_cache:
         # One pass over all splits, so a text that sits in two splits is computed once.
         pad_id = next(iter(datasets.values())).pad_id
-        states = compute_prefix_cache(model, [e for ds in datasets.values() for e in ds.encoded], start, device,
-                                      pad_id, fixed)
+        encoded = [e for ds in datasets.values() for e in ds.encoded]
+        key = store.key(model, encoded, start, pad_id, fixed) if store is not None else None
+        states = store.get(key) if store is not None else None
+        info["cache_reused"] = states is not None
+        if states is None:
+            states = compute_prefix_cache(model, encoded, start, device, pad_id, fixed)
+            if store is not None:
+                store.put(key, states)
     offset = 0
     for name, ds in datasets.items():
         kw = dict(shuffle=name == "train", drop_last=name == "train", seed=seed)
@@ -173,7 +230,8 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
             loaders[name] = token_loader(ds, batch_size, device, fixed_length=fixed, **kw)
     if use_cache:
         info["cache_seconds"] = time.perf_counter() - t0
-        log(f"cached the frozen blocks 0..{start - 1} once for all splits in {info['cache_seconds']:.1f}s")
+        how = "reused an earlier run's cache of" if info["cache_reused"] else "cached"
+        log(f"{how} the frozen blocks 0..{start - 1} once for all splits in {info['cache_seconds']:.1f}s")
     return loaders, info
 
 
