@@ -22,12 +22,21 @@ SCHEMA_VERSION = 1
 WEIGHTS = "model.safetensors"
 
 
+def default_mode(directory: bool = False) -> int:
+    """The mode `open`/`mkdir` would give under the process umask. Temp files and folders (made private
+    by mkstemp/mkdtemp) get it before they are renamed into place, so results are as readable as any file."""
+    mask = os.umask(0o022)  # os offers no read-only umask call: set it and put it back at once
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same directory and rename: readers never see half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, default_mode())
     os.replace(tmp, path)
 
 
@@ -44,6 +53,7 @@ def save_classifier(model, tokenizer, directory, *, labels, max_length, model_na
         merge_lora(model)
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.backbone.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "llmclf_schema": str(SCHEMA_VERSION)})
+        os.chmod(tmp / WEIGHTS, default_mode())  # safetensors writes its files private
         tok_cfg = tokenizer.save(tmp)
         from . import __version__
         config = {
@@ -56,6 +66,7 @@ def save_classifier(model, tokenizer, directory, *, labels, max_length, model_na
             **(extra or {}),
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        os.chmod(tmp, default_mode(directory=True))
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .artifact import default_mode
 from .errors import LlmclfError
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -37,6 +38,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, loader, state) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
