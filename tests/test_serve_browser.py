@@ -88,3 +88,17 @@ def test_api_errors_are_shown(page):
     assert "413" in page.inner_text("#error") and "at most 10000" in page.inner_text("#error")
     shots.classify_on_page(page, "hello again")  # and the page recovers: the error box clears
     assert page.is_hidden("#error")
+
+
+def test_api_docs_render_offline(browser, server_url):
+    """Swagger UI draws the three routes from files the server itself serves: no CDN request."""
+    page = browser.new_page(viewport=shots.VIEWPORT)
+    elsewhere = []
+    page.on("request", lambda r: None if r.url.startswith(server_url) else elsewhere.append(r.url))
+    page.goto(server_url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30000)
+    text = page.inner_text("body")
+    assert all(route in text for route in ("/v1/classify", "/v1/model", "/healthz")), text[:500]
+    assert "Unable to render" not in text
+    assert elsewhere == []
+    page.close()

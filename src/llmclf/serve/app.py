@@ -8,7 +8,9 @@ Routes
                         local paths and training options left out) and the request limits.
     GET  /healthz       {"status": "ok"}
     GET  /              the web page (static/index.html); /static/* its files.
-    GET  /openapi.json, /docs   FastAPI's schema and Swagger UI.
+    GET  /openapi.json, /docs   FastAPI's schema and Swagger UI. Swagger UI's files come from the
+                        fastapi-offline package (/static-offline-docs/*), not a CDN, so /docs works offline.
+                        (No /redoc: ReDoc still fetches its logo from a CDN.)
 
 Errors all have one shape, {"error": {"code": CODE, "message": ONE_LINE}}:
     400 invalid_json          the body is not valid UTF-8 JSON
@@ -44,6 +46,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -266,7 +269,7 @@ def create_app(run_dir_or_classifier, max_texts: int = 64, max_chars: int = 1000
         yield
         await batcher.aclose()
 
-    app = FastAPI(title="llmclf", version=str(cfg.get("llmclf_version", "")), lifespan=lifespan,
+    app = FastAPIOffline(title="llmclf", version=str(cfg.get("llmclf_version", "")), lifespan=lifespan, redoc_url=None,
                   description=f"Text classification with `{model_name}` (labels: {', '.join(labels)}). "
                               "Every error is `{\"error\": {\"code\", \"message\"}}`.")
     app.state.classifier = clf
