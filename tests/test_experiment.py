@@ -208,6 +208,8 @@ class_weights = true
     read = lambda d, n: pd.read_json(tmp_path / d / "runs" / n / "metrics.json", typ="series")
     assert not read("pair", "unbal")["cache_reused"] and not read("alone", "unbal-cw")["cache_reused"]
     assert read("pair", "unbal-cw")["cache_reused"]
+    notes = pd.read_csv(tmp_path / "pair" / "results.csv").set_index("name")["notes"]
+    assert "cache reused" in notes["unbal-cw"] and "cache reused" not in notes["unbal"]
     shared, lone = read("pair", "unbal-cw"), read("alone", "unbal-cw")
     for split in ("train", "validation", "test"):
         assert shared[split]["accuracy"] == lone[split]["accuracy"]

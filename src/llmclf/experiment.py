@@ -364,6 +364,8 @@ def _describe_run(opts, metrics: dict, note: str, run_dir: Path) -> dict:
     if opts.class_weights:
         extras.append("class-weighted loss")
     extras.append(f"{opts.epochs} epoch{'s' if opts.epochs != 1 else ''}")
+    if metrics.get("cache_reused"):
+        extras.append("frozen-prefix cache reused from an earlier row (not in its time)")
     if note:
         extras.append(note)
     from .models import MODELS
