@@ -70,12 +70,11 @@ DEFAULT_PRESET_MODEL = "smollm2-135m-instruct-q4"  # on a GPU: pretrained weight
 FALLBACK_PRESET_MODEL = "gpt2-small"           # on a GPU without it, with random weights (no hub assumed)
 CPU_PRESET_MODEL = "gpt2-tiny"                 # on a CPU: see the module notes below
 
-# Why a tiny model on a CPU by default (measured on the project's shared 2-core CPU): the unit of cost is
-# R, one forward pass of the backbone over the 1,494 SMS texts padded to 120 tokens: ~13 CPU-min for
-# SmolLM2-135M, ~10 for GPT-2 small (its reference row took 15 min wall, 13 of them computing the cache).
-# A frozen-bottom row costs ~1.4 R (5 epochs), an all-layers row ~11.5 R, LoRA ~8 R, the padded-to-1024
-# row ~9 R, each unbalanced row ~5 R: the table is ~58 R, ~7 h on an idle 2-core CPU (~32 R, ~4 h, with
-# --epochs 1), two to three times that on a busy one. gpt2-tiny runs all of it in about 6 minutes.
+# Why a tiny model on a CPU by default (measured on the project's 2-core CPU, SmolLM2-135M, 5 epochs): a row
+# that trains on the frozen-prefix cache takes 1.3-6 min (9 such rows: 28 min); LoRA, which runs every
+# block at every step over texts padded to 120 tokens, took 49 min (4.4 s per step); all layers add the
+# weight gradients (~75 min each, two rows); the unbalanced pair pads 5,572 texts to 262 tokens (one cache
+# shared by both rows). The whole table is about 5 hours there; gpt2-tiny runs all of it in about 6 minutes.
 
 # The book script's defaults (additional_experiments.py): the chapter's settings, 5 epochs.
 BOOK_DEFAULTS = {"pooling": "last", "context_length": "longest", "trainable": "last_block", "batch_size": 8,
@@ -128,8 +127,9 @@ def _preset_model(base: dict, device: str) -> tuple[str, str, str]:
         return CPU_PRESET_MODEL, "random", (
             f"Device: CPU, so the preset uses {CPU_PRESET_MODEL} (2 blocks, 64 dimensions, random weights): the table "
             "shows what each option does, not the book's accuracies. With a 124-135M model this table takes about "
-            "7 hours on an idle 2-core CPU (about 4 with --epochs 1; a frozen-bottom row ~10 min, an all-layers row "
-            f"~80 min); for that, pass --model {DEFAULT_PRESET_MODEL}, or run on a GPU (minutes).")
+            "5 hours on an idle 2-core CPU (a frozen-bottom row 1-6 min, LoRA ~50 min, an all-layers row ~75 min); "
+            f"for that, pass --model {DEFAULT_PRESET_MODEL} (--only NAME,... runs some rows at a time), or run on a "
+            "GPU (minutes).")
     try:
         from .assets import fetch
         from .models import MODELS
