@@ -9,14 +9,12 @@ whole checkpoint. Nothing is pickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .artifact import default_mode
+from .artifact import atomic_write
 from .errors import LlmclfError
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -34,15 +32,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, loader, state) -> Path:
     tensors["rng.loader"] = loader.generator.get_state()
     meta = {"state": json.dumps(asdict(state)), "param_groups": json.dumps(opt["param_groups"])}
     path = Path(run_dir) / CHECKPOINT
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint.")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
 
