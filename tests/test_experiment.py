@@ -341,6 +341,19 @@ def test_book_table_preset_runs_selected_rows_with_baselines(tmp_path, small_csv
     md = (out / "results.md").read_text()
     assert "not run yet" in md and "- last-layer (book row 3)" not in md
 
+    # while a row trains, results.csv already lists every finished row, those after it in the table included
+    (out / "runs" / "default" / "metrics.json").unlink()
+    seen = []
+
+    def log(msg):
+        if msg.endswith("default: training"):
+            seen.append(list(pd.read_csv(out / "results.csv")["name"]))
+
+    df3 = run_experiments(preset="book-table", out=out, base=_base(small, model="gpt2-tiny", epochs=1),
+                          only=["default"], log=log)
+    assert seen == [["first-token", "last-layer", "majority", "tfidf-logreg", "tfidf-nb"]]
+    assert list(df3["name"][:3]) == ["default", "first-token", "last-layer"]
+
 
 def test_ctrl_c_during_a_row_exits_130_and_a_rerun_continues(tmp_path, sms_file):
     import os

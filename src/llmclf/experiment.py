@@ -555,22 +555,31 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
         data_keys = ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")
         run_baselines(out / "baseline", {k: getattr(data_opts, k) for k in data_keys}, log=log)
 
+    # Every finished row is in the table from the start, so results.csv never lacks one while a long row runs.
+    entries = {}
+    for name, row, opts in planned:
+        metrics = _finished(Path(opts.out), opts)
+        if metrics is not None:
+            entries[name] = _table_row(opts, metrics, row, Path(opts.out))
     if only is not None:  # rows left out now and not finished before: listed as still to run
         skipped = skipped + [
             {"name": name, "book_row": row.get("book_row"),
              "skip": "not run yet (left out by --only); the same command without --only runs it"}
-            for name, row, opts in planned if name not in only and _finished(Path(opts.out), opts) is None]
-    table = []
-    df = write_results(out, _baseline_rows(out), title, skipped=skipped, notes=notes)
+            for name, row, opts in planned if name not in only and name not in entries]
+
+    def write():
+        table = [entries[name] for name, _, _ in planned if name in entries]
+        return write_results(out, table + _baseline_rows(out), title, skipped=skipped, notes=notes)
+
+    df = write()
     t_all = time.perf_counter()
     store = PrefixCacheStore()  # rows with the same frozen blocks and texts compute their cache once
     for i, (name, row, opts) in enumerate(planned, 1):
         run_dir = Path(opts.out)
-        metrics = _finished(run_dir, opts)
-        if metrics is None and only is not None and name not in only:
-            continue  # listed above as not run yet
-        if metrics is not None:
+        if name in entries:
             log(f"[{i}/{len(planned)}] {name}: finished earlier, read back from {run_dir}/metrics.json")
+        elif only is not None and name not in only:
+            continue  # listed above as not run yet
         else:
             t0 = time.perf_counter()
             try:
@@ -583,12 +592,17 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
                 raise LlmclfError(f"row {name!r}: {e}") from None
             log(f"[{i}/{len(planned)}] {name}: done in {time.perf_counter() - t0:.1f}s "
                 f"(test accuracy {metrics['test']['accuracy'] * 100:.2f}%)")
-        entry = _describe_run(opts, metrics, row.get("note", ""), run_dir)
-        entry["book_row"] = row.get("book_row")
-        table.append(entry)
-        df = write_results(out, table + _baseline_rows(out), title, skipped=skipped, notes=notes)
+            entries[name] = _table_row(opts, metrics, row, run_dir)
+            df = write()
     log(f"experiment: {len(planned)} rows in {time.perf_counter() - t_all:.1f}s -> {out / 'results.md'}")
     return df
+
+
+def _table_row(opts, metrics: dict, row: dict, run_dir: Path) -> dict:
+    """One finished row of results.csv: the run's description plus its book row number."""
+    entry = _describe_run(opts, metrics, row.get("note", ""), run_dir)
+    entry["book_row"] = row.get("book_row")
+    return entry
 
 
 def _train_row(opts, run_dir: Path, name: str, tag: str, log, store=None) -> dict:
