@@ -6,9 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
+from safetensors import safe_open
 
 from conftest import GPT2_TOKENIZER_DIR, run_cli
 
@@ -76,9 +78,17 @@ def test_ctrl_c_saves_a_checkpoint_and_stops_cleanly(tmp_path, sms_file):
     assert proc.returncode == 130, rest
     assert "checkpoint saved" in rest and "--resume" in rest and "Traceback" not in rest
     assert (out / "checkpoint.safetensors").is_file()
+    with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
+        before = json.loads(f.metadata()["state"])["seconds"]
+    assert before > 0
+    t0 = time.perf_counter()
     r = run_cli("train", "--resume", out)
+    resumed_wall = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
-    assert (out / "metrics.json").is_file()
+    # train_seconds counts the time before the interrupt too, not just the resumed process's
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train_seconds_before_resume"] == pytest.approx(before, abs=1e-3)
+    assert before < m["train_seconds"] < before + resumed_wall
     r = run_cli("train", "--resume", out)
     assert r.returncode == 2 and "already complete" in r.stderr
 

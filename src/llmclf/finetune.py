@@ -284,11 +284,15 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
             if loaded is not None:
                 state = loaded
                 log(f"resuming at epoch {state.epoch + 1}, step {state.global_step + 1}")
+        # The time the earlier processes spent up to the checkpoint counts in train_seconds: a resumed row of
+        # `llmclf experiment` would otherwise report only its last part.
+        earlier_seconds = state.seconds
         with _stop_on_ctrl_c() as stop:
             def on_step(st, epoch_end):
                 stopping = distributed.any_rank(stop.requested) if parallel else stop.requested
                 due = opts.checkpoint_every and st.global_step % opts.checkpoint_every == 0
                 if (epoch_end or due or stopping) and keep_checkpoints and main:
+                    st.seconds = earlier_seconds + time.perf_counter() - t_start
                     save_checkpoint(out, model, optimizer, loaders["train"], st)
                 if stopping:
                     distributed.barrier()  # no rank leaves before rank 0 has saved
@@ -313,7 +317,9 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
                 logits, targets = predict_loader(full, model) if parallel is None else gather_predictions(full, model)[:2]
             if main:
                 metrics[split] = classification_metrics(logits, targets, len(data.labels), with_curves=split == "test")
-        train_seconds = time.perf_counter() - t_start
+        train_seconds = earlier_seconds + time.perf_counter() - t_start
+        if earlier_seconds:
+            metrics["train_seconds_before_resume"] = round(earlier_seconds, 3)
         metrics.update({"train_seconds": round(train_seconds, 3), "examples_seen": examples_seen,
                         "trainable_parameters": n_trainable, "max_length": max_length,
                         "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info,

@@ -343,6 +343,7 @@ class TrainState:
     examples_seen: int = 0
     order: list | None = None          # this epoch's example order
     history: list = field(default_factory=list)
+    seconds: float = 0.0               # run time (data ready -> this checkpoint), earlier processes included
 
 
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
