@@ -12,7 +12,7 @@ import torch
 from conftest import GPT2_TOKENIZER_DIR, run_cli
 from llmclf.classifier import TextClassifier, count_parameters, set_trainable
 from llmclf.errors import LlmclfError
-from llmclf.experiment import run_experiments
+from llmclf.experiment import _duration, run_experiments
 from llmclf.lora import LinearWithLoRA
 from llmclf.metrics import calc_loss_batch
 from llmclf.models import MODELS, build_model
@@ -251,8 +251,13 @@ trainable = "lora"
     assert (out / "runs" / "lora" / "metrics.json").is_file()
 
     t0 = time.perf_counter()
-    df2 = run_experiments(grid=str(grid), out=out, base=_base(small), log=lambda *_: None)
+    messages = []
+    df2 = run_experiments(grid=str(grid), out=out, base=_base(small), log=messages.append)
     assert time.perf_counter() - t0 < 5
+    # read back in seconds, yet the summary states what the rows cost to train: their times summed
+    total = _duration(df2["train_seconds"].sum())
+    assert total and f"rows, {total} of training in all" in messages[-1], messages[-1]
+    assert f"Training time of these rows, all together: {total}." in (out / "results.md").read_text()
     assert (out / "runs" / "block" / "metrics.json").stat().st_mtime_ns == mtimes["block"]
     assert list(df2["name"]) == ["block", "lora"]
     pd.testing.assert_series_equal(df2["test_acc"], pd.read_csv(out / "results.csv")["test_acc"], check_dtype=False)

@@ -343,6 +343,8 @@ def _pct(x) -> str:
 def _duration(secs) -> str:
     if secs is None or secs != secs:
         return ""
+    if secs >= 2 * 3600:
+        return f"{secs / 3600:.2f} h"
     return f"{secs:.1f} s" if secs < 60 else f"{secs / 60:.2f} min"
 
 
@@ -432,7 +434,9 @@ def write_results(out: Path, rows: list[dict], title: str, intro: str = "", skip
                  _duration(secs), r.get("notes") or ""]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     lines.append("")
+    total = sum(r["train_seconds"] for r in rows if r.get("train_seconds") is not None)
     if rows:
+        lines += [f"Training time of these rows, all together: {_duration(total)}.", ""]
         lines += ["![test accuracy per configuration](accuracy.png)", ""]
     if skipped:
         lines += ["## Rows not run", ""]
@@ -594,7 +598,9 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
                 f"(test accuracy {metrics['test']['accuracy'] * 100:.2f}%)")
             entries[name] = _table_row(opts, metrics, row, run_dir)
             df = write()
-    log(f"experiment: {len(planned)} rows in {time.perf_counter() - t_all:.1f}s -> {out / 'results.md'}")
+    total = df["train_seconds"].astype(float).sum()  # unfinished rows are NaN, which sum() skips
+    log(f"experiment: {len(planned)} rows, {_duration(total)} of training in all "
+        f"({time.perf_counter() - t_all:.1f}s in this run) -> {out / 'results.md'}")
     return df
 
 
