@@ -348,6 +348,11 @@ def _duration(secs) -> str:
     return f"{secs:.1f} s" if secs < 60 else f"{secs / 60:.2f} min"
 
 
+def _total_seconds(df) -> float:
+    """The table's training times summed: what its rows cost, however many runs it took to finish them."""
+    return df["train_seconds"].astype(float).sum()  # a row without a time is NaN, which sum() skips
+
+
 def _describe_run(opts, metrics: dict, note: str, run_dir: Path) -> dict:
     token = {"last": "last", "last_nonpad": "last non-pad", "first": "first", "mean": "mean of all"}[opts.pooling]
     layers = (f"LoRA (r={opts.lora_rank}, alpha={opts.lora_alpha:g})" if opts.trainable == "lora"
@@ -434,9 +439,8 @@ def write_results(out: Path, rows: list[dict], title: str, intro: str = "", skip
                  _duration(secs), r.get("notes") or ""]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     lines.append("")
-    total = sum(r["train_seconds"] for r in rows if r.get("train_seconds") is not None)
     if rows:
-        lines += [f"Training time of these rows, all together: {_duration(total)}.", ""]
+        lines += [f"Training time of these rows, all together: {_duration(_total_seconds(df))}.", ""]
         lines += ["![test accuracy per configuration](accuracy.png)", ""]
     if skipped:
         lines += ["## Rows not run", ""]
@@ -598,8 +602,7 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
                 f"(test accuracy {metrics['test']['accuracy'] * 100:.2f}%)")
             entries[name] = _table_row(opts, metrics, row, run_dir)
             df = write()
-    total = df["train_seconds"].astype(float).sum()  # unfinished rows are NaN, which sum() skips
-    log(f"experiment: {len(planned)} rows, {_duration(total)} of training in all "
+    log(f"experiment: {len(planned)} rows, {_duration(_total_seconds(df))} of training in all "
         f"({time.perf_counter() - t_all:.1f}s in this run) -> {out / 'results.md'}")
     return df
 

@@ -287,12 +287,16 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         # The time the earlier processes spent up to the checkpoint counts in train_seconds: a resumed row of
         # `llmclf experiment` would otherwise report only its last part.
         earlier_seconds = state.seconds
+
+        def run_seconds():
+            return earlier_seconds + time.perf_counter() - t_start
+
         with _stop_on_ctrl_c() as stop:
             def on_step(st, epoch_end):
                 stopping = distributed.any_rank(stop.requested) if parallel else stop.requested
                 due = opts.checkpoint_every and st.global_step % opts.checkpoint_every == 0
                 if (epoch_end or due or stopping) and keep_checkpoints and main:
-                    st.seconds = earlier_seconds + time.perf_counter() - t_start
+                    st.seconds = run_seconds()
                     save_checkpoint(out, model, optimizer, loaders["train"], st)
                 if stopping:
                     distributed.barrier()  # no rank leaves before rank 0 has saved
@@ -317,7 +321,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
                 logits, targets = predict_loader(full, model) if parallel is None else gather_predictions(full, model)[:2]
             if main:
                 metrics[split] = classification_metrics(logits, targets, len(data.labels), with_curves=split == "test")
-        train_seconds = earlier_seconds + time.perf_counter() - t_start
+        train_seconds = run_seconds()
         if earlier_seconds:
             metrics["train_seconds_before_resume"] = round(earlier_seconds, 3)
         metrics.update({"train_seconds": round(train_seconds, 3), "examples_seen": examples_seen,
