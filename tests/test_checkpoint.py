@@ -124,7 +124,7 @@ def test_config_that_disagrees_with_the_tensors_is_refused(tmp_path, tiny_run):
     cfg = json.loads((run / "model" / "config.json").read_text())
     cfg["backbone"]["emb_dim"] = 128
     (run / "model" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(LlmclfError, match="do not fit the backbone config"):
+    with pytest.raises(LlmclfError, match="field .backbone. does not match the manifest"):
         load_classifier(run, "cpu")
     cfg["schema_version"] = 99
     (run / "model" / "config.json").write_text(json.dumps(cfg))

@@ -192,14 +192,14 @@ def load_gguf_tokenizer(path) -> tuple[Tokenizer, dict]:
 
 def load_gguf(path) -> tuple[LlamaModel, LlamaConfig, Tokenizer, dict]:
     """(model in float32, config, tokenizers.Tokenizer, {"eos_id", "pad_id", "bos_id"}) from a GGUF file."""
-    from .hf import llama_state_from_hf, model_from_state
+    from .hf import Checkpoint, llama_state_from_hf, model_from_state
 
     g = _Gguf(path)
     tokenizer, special = _tokenizer(g)
     names = {t.name for t in g.reader.tensors}
     cfg = _config(g, len(g.reader.fields["tokenizer.ggml.tokens"].data), names)  # .data: one entry per token
     try:
-        state = llama_state_from_hf(_hf_tensors(g, cfg), cfg)
+        state = llama_state_from_hf(Checkpoint(_hf_tensors(g, cfg)), cfg)  # _hf_tensors refuses unknown names
     except KeyError as e:
         raise LlmclfError(f"{g.path}: GGUF file lacks a tensor ({e.args[0]} in Hugging Face naming)") from None
     model = model_from_state(cfg, state, str(g.path))

