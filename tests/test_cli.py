@@ -33,12 +33,56 @@ def test_train_data_errors(tmp_path, setup, extra, fragment):
 
 
 def test_existing_run_dir_is_refused_unless_overwrite(tmp_path, sms_file):
+    from llmclf.outdir import prepare_output_dir
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    prepare_output_dir(out, "run", overwrite=False)  # an (empty) run directory llmclf made earlier
+    (out / "metrics.json").write_text("{}")
     r = run_cli(*TRAIN, "--data-file", sms_file, "--out", out)
     _one_line_error(r, "run directory exists")
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "metrics.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_directory_with_foreign_files_is_never_replaced(tmp_path, sms_file, overwrite):
+    out = tmp_path / "victim"
+    out.mkdir()
+    (out / "a.txt").write_text("mine")
+    (out / "notes").mkdir()
+    r = run_cli(*TRAIN, "--data-file", sms_file, "--out", out, *overwrite)
+    _one_line_error(r, "not an llmclf run directory (holds a.txt, notes")
+    assert (out / "a.txt").read_text() == "mine" and (out / "notes").is_dir()
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "notes"]
+
+
+def test_a_failed_run_in_the_users_empty_directory_leaves_the_directory(tmp_path, sms_file):
+    out = tmp_path / "mine"
+    out.mkdir()  # the user's own (empty) folder: the run may fill it, a failure empties it but keeps it
+    r = run_cli(*TRAIN, "--data-file", sms_file, "--out", out, "--trainable", "all", "--cache", "on")
+    _one_line_error(r, "cache on: no block below the trainable part is frozen")
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_baseline_overwrite_replaces_only_its_own_directory(tmp_path, sms_file):
+    out = tmp_path / "base"
+    assert run_cli("baseline", "--data-file", sms_file, "--out", out).returncode == 0
+    _one_line_error(run_cli("baseline", "--data-file", sms_file, "--out", out), "baseline directory exists")
+    r = run_cli("baseline", "--data-file", sms_file, "--out", out, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (out / "results.csv").is_file()
+    (out / "thesis.tex").write_text("years of work")
+    _one_line_error(run_cli("baseline", "--data-file", sms_file, "--out", out, "--overwrite"),
+                    "holds thesis.tex, which llmclf did not write")
+    assert (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_experiment_refuses_a_directory_it_did_not_make(tmp_path, sms_file):
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / ".bashrc").write_text("alias ll='ls -l'")
+    r = run_cli("experiment", "--preset", "book-table", "--model", "gpt2-tiny", "--only", "default",
+                "--data-file", sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out)
+    _one_line_error(r, "not an llmclf experiment directory (holds .bashrc")
+    assert sorted(p.name for p in out.iterdir()) == [".bashrc"]
 
 
 def test_unknown_model_and_bad_options(tmp_path, sms_file):
@@ -70,3 +114,11 @@ def test_experiment_only_with_an_unknown_row_is_refused_before_writing(tmp_path,
                 "--data-file", sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out)
     _one_line_error(r, "no row named 'nosuch'")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [["predict", "RUN", "hi", "--batch-size", "0"],
+                                  ["serve", "RUN", "--max-texts", "0"], ["serve", "RUN", "--workers", "-1"]])
+def test_counts_below_their_minimum_are_refused_by_the_parser(args):
+    r = run_cli(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "invalid integer >= " in r.stderr.strip().splitlines()[-1]

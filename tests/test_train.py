@@ -155,3 +155,61 @@ def test_trainable_parameter_counts_per_option():
     assert counts["last_block"] == head + norm + block
     assert counts["last_two_blocks"] == head + norm + 2 * block
     assert counts["all"] == count_parameters(model, trainable_only=False)
+
+
+def _grads_after_one_epoch(grad_accum, batch_size, n):
+    """The first parameter's update from plain SGD (lr 1) over an epoch of n examples: the summed gradients
+    of the epoch's optimizer steps, which tells how each step weighed its examples."""
+    torch.manual_seed(0)
+    backbone = build_model(replace(MODELS["gpt2-tiny"].config, n_layers=2))
+    model = TextClassifier(backbone, 2)
+    set_trainable(model, "last_layer")
+    data = FakeDataset(n, backbone.cfg.vocab_size, 1)
+    loaders, _ = make_loaders(model, {"train": data, "validation": data}, batch_size, "cpu", cache="off",
+                              log=lambda *_: None)
+    loaders["train"].drop_last = False
+    head = model.backbone.out_head.weight
+    before = head.detach().clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    train_classifier_simple(model, loaders["train"], loaders["validation"], opt, "cpu", 1, 1000, 1,
+                            grad_accum=grad_accum, log=lambda *_: None, progress=False)
+    return before - head.detach()
+
+
+def test_grad_accum_averages_over_the_examples_of_each_step():
+    # 12 examples in micro-batches of 4, 2 per step: steps of 8 and 4 examples. The short last step must take a
+    # whole step (the mean over its 4 examples), not half of one.
+    # Batch size 8 without accumulation takes the same two steps over the same (seeded) order.
+    accum = _grads_after_one_epoch(grad_accum=2, batch_size=4, n=12)
+    plain = _grads_after_one_epoch(grad_accum=1, batch_size=8, n=12)
+    assert accum.abs().sum() > 0
+    assert torch.allclose(accum, plain, atol=1e-6), (accum - plain).abs().max()
+
+
+def test_bfloat16_trains_float32_master_weights_under_autocast():
+    """--dtype bfloat16 on a CPU: the weights stay float32 and move by AdamW steps of 5e-5 (which a bfloat16
+    weight of |w| >= ~0.016 cannot hold), and the loss falls."""
+    from llmclf.finetune import bf16_autocast
+    from llmclf.options import FinetuneOptions
+    torch.manual_seed(0)
+    backbone = build_model(replace(MODELS["gpt2-tiny"].config, n_layers=2))
+    model = TextClassifier(backbone, 2)
+    set_trainable(model, "last_block")
+    data = FakeDataset(32, backbone.cfg.vocab_size, 1)
+    amp = bf16_autocast(FinetuneOptions(out="", dtype="bfloat16"), "cpu")
+    with amp():
+        loaders, info = make_loaders(model, {"train": data, "validation": data}, 8, "cpu", log=lambda *_: None)
+    block = model.blocks[-1]
+    before = {n: p.detach().clone() for n, p in block.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
+    state = TrainState()
+    train_classifier_simple(model, loaders["train"], loaders["validation"], opt, "cpu", 30, 4, 4,
+                            state=state, log=lambda *_: None, progress=False, autocast=amp)
+    big = [n for n, p in before.items() if p.dim() == 2]
+    assert all(p.dtype == torch.float32 for p in block.parameters())
+    for n in big:  # every weight matrix has entries with |w| >= 0.016 that moved
+        w0, w1 = before[n], dict(block.named_parameters())[n].detach()
+        large = w0.abs() >= 0.016
+        assert ((w0 - w1)[large] != 0).float().mean() > 0.9, n
+    losses = [h["train_loss"] for h in state.history if "train_loss" in h]
+    assert losses[-1] < losses[0] - 0.05, losses

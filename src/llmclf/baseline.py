@@ -25,13 +25,11 @@ DATA_KEYS = ("dataset", "data_file", "text_column", "label_column", "balance", "
 
 
 def _data_options(data: dict):
-    from .finetune import FinetuneOptions
+    from .options import FinetuneOptions, check_options
     unknown = sorted(set(data) - set(DATA_KEYS))
     if unknown:
         raise LlmclfError(f"unknown data option {unknown[0]!r} (known: {', '.join(DATA_KEYS)})")
-    opts = FinetuneOptions(out="", **{k: v for k, v in data.items() if v is not None})
-    opts.split = tuple(opts.split)
-    return opts
+    return check_options(FinetuneOptions(out="", **{k: v for k, v in data.items() if v is not None}))
 
 
 def _metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
@@ -68,14 +66,17 @@ def _fitted_parameters(model) -> int:
     return int(np.size(getattr(est, "class_prior_", 0)))
 
 
-def run_baselines(out, data: dict | None = None, log=None) -> list[dict]:
+def run_baselines(out, data: dict | None = None, log=None, overwrite: bool = False) -> list[dict]:
     """Fit the three baselines on the split `llmclf train` would use for these data options; write
-    OUT/results.csv, OUT/results.md and OUT/accuracy.png; return the table rows (dicts)."""
+    OUT/results.csv, OUT/results.md and OUT/accuracy.png; return the table rows (dicts). An existing OUT is
+    replaced only with `overwrite`, and only if llmclf wrote it (see outdir.py)."""
     from .experiment import write_results
     from .finetune import load_data
+    from .outdir import check_output_dir, prepare_output_dir
 
     log = log or (lambda msg: None)
     opts = _data_options(data or {})
+    check_output_dir(Path(out), "baseline", overwrite)
     prepared = load_data(opts)
     index = {name: i for i, name in enumerate(prepared.labels)}
     splits = {s: getattr(prepared, s) for s in ("train", "validation", "test")}
@@ -113,5 +114,6 @@ def run_baselines(out, data: dict | None = None, log=None) -> list[dict]:
              f"(seed {opts.seed}), the split `llmclf train` uses with the same data options. "
              f"Labels: {', '.join(prepared.labels)}; test F1 is the {f1_kind}"
              f"{' (' + prepared.labels[1] + ')' if k == 2 else ''}.")
+    prepare_output_dir(Path(out), "baseline", overwrite)
     write_results(Path(out), rows, title="Baselines", intro=intro)
     return rows

@@ -11,6 +11,17 @@ import sys
 from .errors import LlmclfError
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= low (argparse turns the ValueError into its one-line usage error)."""
+    def parse(text: str) -> int:
+        n = int(text)
+        if n < low:
+            raise ValueError(text)
+        return n
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in its message: "invalid integer >= 1 value"
+    return parse
+
+
 def _add_data_args(p):
     p.add_argument("--dataset", default="sms-spam", help="built-in dataset (default: sms-spam)")
     p.add_argument("--data-file", help="local CSV, TSV or JSONL file (or the UCI SMSSpamCollection file)")
@@ -39,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_model_args(p)
     p.add_argument("--out", help="run directory to create (required unless --resume)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory (only one that "
+                   "llmclf wrote: a directory holding anything else is refused, never emptied)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints "
                    "(0: only at epoch ends)")
@@ -60,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--no-causal-mask", dest="causal", action="store_false", help="let every token attend to all tokens")
     p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
-    p.add_argument("--no-cache", dest="cache", action="store_const", const="off", default="auto",
-                   help="recompute the frozen blocks every step instead of caching their output")
+    p.add_argument("--cache", choices=["auto", "on", "off"], default="auto",
+                   help="frozen-prefix cache: auto (where exact, the default), on (refuse to run uncached), off")
+    p.add_argument("--no-cache", dest="cache", action="store_const", const="off",
+                   help="same as --cache off: recompute the frozen blocks every step")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="bfloat16: autocast (mixed precision, float32 weights) on a CUDA GPU that supports it; "
-                   "on a CPU the whole model in bfloat16 (slow without native support). Default float32")
+                   help="bfloat16: mixed precision (float32 weights and optimizer state, bfloat16 autocast "
+                   "forwards) on a CPU or a CUDA GPU that supports it; slower on CPUs without native bfloat16. "
+                   "Default float32")
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="recompute each trainable block's activations in the backward pass instead of storing "
                    "them: less memory, more compute; same results. Pays off with several trainable blocks "
@@ -80,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-file", required=True)
     p.add_argument("--text-column")
     p.add_argument("--label-column")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("predict", help="classify texts with a saved classifier")
@@ -89,21 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="CSV/TSV/JSONL/TXT file of texts, or - for stdin (one text per line)")
     p.add_argument("--text-column")
     p.add_argument("--json", action="store_true", help="print JSON lines with every class probability")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("generate", help="greedy continuation of a prompt (checks that weights loaded right)")
     _add_model_args(p)
     p.add_argument("prompt")
-    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--max-new-tokens", type=at_least(0), default=20)
 
     p = sub.add_parser("serve", help="serve a saved classifier over HTTP (REST API and a web page)")
     p.add_argument("run_dir")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="server processes (each loads the model once)")
-    p.add_argument("--max-texts", type=int, default=64, help="most texts per request")
-    p.add_argument("--max-chars", type=int, default=10000, help="longest text accepted, in characters")
+    p.add_argument("--port", type=at_least(0), default=8000)
+    p.add_argument("--workers", type=at_least(1), default=1, help="server processes (each loads the model once)")
+    p.add_argument("--max-texts", type=at_least(1), default=64, help="most texts per request")
+    p.add_argument("--max-chars", type=at_least(1), default=10000, help="longest text accepted, in characters")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("experiment", help="run a grid of fine-tuning configurations on one split")
@@ -121,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline", help="classical baselines (majority, TF-IDF + LR, TF-IDF + NB) on the same split")
     _add_data_args(p)
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing baseline directory (only one "
+                   "llmclf wrote)")
 
     p = sub.add_parser("download", help="fetch a model's weights (and tokenizer) into the cache")
     p.add_argument("model", nargs="?", default=None)
@@ -271,7 +288,7 @@ def cmd_experiment(a) -> int:
 
 def cmd_baseline(a) -> int:
     from .baseline import run_baselines
-    run_baselines(out=a.out, data=_data_options(a))
+    run_baselines(out=a.out, data=_data_options(a), overwrite=a.overwrite)
     return 0
 
 

@@ -43,6 +43,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from .errors import LlmclfError
+from .outdir import prepare_output_dir
 
 # Option keys that describe the run itself, not the experiment: never set from a grid.
 _RESERVED = {"out", "overwrite", "quiet", "extra"}
@@ -243,63 +244,13 @@ def _check_keys(d: dict, where: str, allow_meta: bool) -> None:
             raise LlmclfError(f"{where}: unknown key {key!r} (not a training option; see `llmclf train --help`)")
 
 
-def _coerce(key: str, value, where: str):
-    from .finetune import FinetuneOptions
-    default = getattr(FinetuneOptions(out=""), key)
-    bad = LlmclfError(f"{where}: {key} = {value!r} has the wrong type")
-    if key == "split":
-        if not (isinstance(value, (list, tuple)) and len(value) == 2
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            raise LlmclfError(f"{where}: split must be two numbers [train, validation], not {value!r}")
-        return tuple(float(v) for v in value)
-    if key == "context_length":
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise bad
-        return str(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise LlmclfError(f"{where}: {key} must be true or false, not {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise LlmclfError(f"{where}: {key} must be an integer, not {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LlmclfError(f"{where}: {key} must be a number, not {value!r}")
-        return float(value)
-    if value is not None and not isinstance(value, str):
-        raise LlmclfError(f"{where}: {key} must be a string, not {value!r}")
-    return value
-
-
-def _validate(opts, where: str) -> None:
-    from .classifier import POOLINGS, TRAINABLE
-    choices = {"pooling": POOLINGS, "trainable": TRAINABLE, "weights": ("pretrained", "random"),
-               "cache": ("auto", "on", "off"), "dtype": ("float32", "bfloat16")}
-    for key, allowed in choices.items():
-        if getattr(opts, key) not in allowed:
-            raise LlmclfError(f"{where}: {key} must be one of {', '.join(allowed)}, not {getattr(opts, key)!r}")
-    if opts.context_length not in ("longest", "model"):
-        try:
-            n = int(opts.context_length)
-        except ValueError:
-            raise LlmclfError(f"{where}: context_length must be longest, model or a number, "
-                              f"not {opts.context_length!r}") from None
-        if n < 1:
-            raise LlmclfError(f"{where}: context_length must be positive")
-    for key in ("epochs", "batch_size", "grad_accum", "eval_freq", "eval_iter", "lora_rank"):
-        if getattr(opts, key) < (0 if key == "epochs" else 1):
-            raise LlmclfError(f"{where}: {key} must be positive")
-
-
 def build_options(defaults: dict, base: dict, row: dict, out: Path, where: str):
     """FinetuneOptions for one row (precedence: built-in < defaults < base < row)."""
-    from .finetune import FinetuneOptions
+    from .options import FinetuneOptions, check_options, coerce
     builtin = FinetuneOptions(out="")
     merged = {}
     for key, value in defaults.items():
-        merged[key] = _coerce(key, value, f"{where} (defaults)")
+        merged[key] = coerce(key, value, f"{where} (defaults): {key}")
     for key, value in base.items():
         if key in _RESERVED or key in _ROW_META or value is None:
             continue
@@ -311,10 +262,8 @@ def build_options(defaults: dict, base: dict, row: dict, out: Path, where: str):
     for key, value in row.items():
         if key in _ROW_META or key in ("book_row", "skip"):
             continue
-        merged[key] = _coerce(key, value, where)
-    opts = FinetuneOptions(out=str(out), overwrite=True, **merged)
-    _validate(opts, where)
-    return opts
+        merged[key] = coerce(key, value, f"{where}: {key}")
+    return check_options(FinetuneOptions(out=str(out), overwrite=True, **merged), where)
 
 
 def _comparable(options: dict) -> dict:
@@ -557,11 +506,10 @@ def run_experiments(grid=None, preset=None, out="experiments", base: dict | None
         first = data_opts
         notes.append(f"Run with {first.epochs} epoch(s) per row on device {pick_device(first.device)}; "
                      f"batch size {first.batch_size}, lr {first.lr:g}, weight decay {first.weight_decay:g}.")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, "experiment", overwrite=False, reuse=True)  # a rerun continues; nothing foreign
     if preset is not None and not (out / "baseline" / "results.csv").is_file():
-        from .baseline import run_baselines
-        data_keys = ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")
-        run_baselines(out / "baseline", {k: getattr(data_opts, k) for k in data_keys}, log=log)
+        from .baseline import DATA_KEYS, run_baselines
+        run_baselines(out / "baseline", {k: getattr(data_opts, k) for k in DATA_KEYS}, log=log, overwrite=True)
 
     # Every finished row is in the table from the start, so results.csv never lacks one while a long row runs.
     entries = {}

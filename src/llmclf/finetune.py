@@ -8,56 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .errors import LlmclfError
-
-
-@dataclass
-class FinetuneOptions:
-    out: str
-    model: str = "gpt2-small"
-    weights: str = "pretrained"
-    dataset: str = "sms-spam"
-    data_file: str | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    balance: bool = True
-    split: tuple = (0.7, 0.1)
-    seed: int = 123
-    context_length: str = "longest"      # longest | model | N
-    pooling: str = "last_nonpad"
-    append_eos: bool = False             # end every text with the model's end-of-text token
-    trainable: str = "last_block"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    causal: bool = True
-    epochs: int = 5
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.1
-    eval_freq: int = 50
-    eval_iter: int = 5
-    cache: str = "auto"                  # auto | on | off
-    class_weights: bool = False
-    device: str = "auto"
-    dtype: str = "float32"
-    tokenizer_dir: str | None = None
-    overwrite: bool = False
-    checkpoint_every: int = 50           # optimizer steps between checkpoints (0: epoch ends only)
-    grad_checkpoint: bool = False        # recompute trainable blocks' activations in backward (less memory)
-    fsdp: bool = False                   # torchrun: shard parameters, gradients, optimizer state (trainable=all)
-    quiet: bool = False
-    extra: dict = field(default_factory=dict)
+from .options import FinetuneOptions, check_options
+from .outdir import check_output_dir, prepare_output_dir
 
 
 def _log(opts):
@@ -66,21 +28,36 @@ def _log(opts):
     return (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
-def check_options(opts) -> None:
-    """Checks that depend on the options (and the number of torchrun processes) only."""
+def check_launch(opts) -> None:
+    """Checks that depend on the torchrun processes (the options themselves: `options.check_options`)."""
     from . import distributed
-    for name in ("epochs", "batch_size", "grad_accum", "eval_freq"):
-        if getattr(opts, name) < (0 if name == "epochs" else 1):
-            raise LlmclfError(f"--{name.replace('_', '-')} must be positive")
-    if opts.dtype not in ("float32", "bfloat16"):
-        raise LlmclfError("--dtype must be float32 or bfloat16")
     distributed.check_global_batch(opts.batch_size)
-    if opts.fsdp:
-        if not distributed.active():
-            raise LlmclfError("--fsdp shards the model over torchrun processes: launch with "
-                              "torchrun --nproc_per_node N -m llmclf train ... (N >= 2)")
-        if opts.trainable != "all":
-            raise LlmclfError("--fsdp needs --trainable all (smaller trainable sets fit without sharding)")
+    if opts.fsdp and not distributed.active():
+        raise LlmclfError("--fsdp shards the model over torchrun processes: launch with "
+                          "torchrun --nproc_per_node N -m llmclf train ... (N >= 2)")
+
+
+def bf16_autocast(opts, device: str):
+    """The autocast factory for --dtype bfloat16 (None for float32). bfloat16 is mixed precision on every
+    device: weights and AdamW state stay float32 (a 5e-5 step is below bfloat16's resolution for most
+    weights, which would then never move), and only the forwards run in bfloat16."""
+    kind = torch.device(device).type
+    if opts.dtype == "float32":
+        return None
+    if kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise LlmclfError("--dtype bfloat16: this GPU does not support bfloat16; use --dtype float32")
+    if kind not in ("cuda", "cpu"):
+        raise LlmclfError(f"--dtype bfloat16 is offered on cpu and cuda, not {kind}; use --dtype float32")
+    return lambda: torch.autocast(kind, dtype=torch.bfloat16)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); without it bf16 is emulated, slowly."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def resolve_max_length(option: str, longest: int, model_context: int) -> int:
@@ -100,8 +77,6 @@ def resolve_max_length(option: str, longest: int, model_context: int) -> int:
 def load_data(opts):
     from .data import load_sms_spam, prepare_data, read_table
 
-    if opts.data_file is None and opts.dataset != "sms-spam":
-        raise LlmclfError(f"unknown --dataset {opts.dataset!r} (built in: sms-spam); pass --data-file FILE for your own")
     if opts.data_file is not None:
         df, source = read_table(opts.data_file, opts.text_column, opts.label_column), str(opts.data_file)
     else:
@@ -111,13 +86,9 @@ def load_data(opts):
 
 def build_classifier(opts, num_classes: int):
     """(TextClassifier, tokenizer, model name) with the requested trainable parameters."""
-    from .classifier import POOLINGS, TRAINABLE, TextClassifier, set_trainable
+    from .classifier import TextClassifier, set_trainable
     from .weights import load_backbone
 
-    if opts.pooling not in POOLINGS:
-        raise LlmclfError(f"--pooling must be one of {', '.join(POOLINGS)}")
-    if opts.trainable not in TRAINABLE:
-        raise LlmclfError(f"--trainable must be one of {', '.join(TRAINABLE)}")
     torch.manual_seed(opts.seed)  # random backbone weights are part of the run: seeded, so runs repeat
     backbone, tokenizer, name = load_backbone(opts.model, opts.weights, opts.tokenizer_dir)
     tokenizer.append_eos = opts.append_eos
@@ -125,16 +96,6 @@ def build_classifier(opts, num_classes: int):
     model = TextClassifier(backbone, num_classes, opts.pooling, opts.causal)
     set_trainable(model, opts.trainable, opts.lora_rank, opts.lora_alpha)
     return model, tokenizer, name
-
-
-def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise LlmclfError(f"{out}: run directory exists; pass --overwrite to replace it or choose another --out")
-        if out.is_file():
-            raise LlmclfError(f"{out}: is a file, not a run directory")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
 
 
 def write_history(path: Path, history: list) -> None:
@@ -207,29 +168,21 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
     log = _log(opts)
     out = Path(opts.out)
 
-    def check_out():
-        if out.exists() and not opts.overwrite and not resuming:
-            raise LlmclfError(f"{out}: run directory exists; pass --overwrite to replace it or choose another --out")
-
-    distributed.from_main(check_out)
     distributed.agree(lambda: check_options(opts))
+    distributed.from_main(lambda: resuming or check_output_dir(out, "run", opts.overwrite))
+    distributed.agree(lambda: check_launch(opts))
     device = distributed.agree(lambda: distributed.device(opts.device))
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[opts.dtype]
-    autocast = None
-    if dtype == torch.bfloat16 and torch.device(device).type == "cuda":
-        if not torch.cuda.is_bf16_supported():
-            raise LlmclfError("--dtype bfloat16: this GPU does not support bfloat16; use --dtype float32")
-        # Mixed precision: weights and optimizer state stay float32, forwards run under bfloat16 autocast.
-        autocast, dtype = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), torch.float32
+    autocast = distributed.agree(lambda: bf16_autocast(opts, device))
     amp = autocast or contextlib.nullcontext
-    if dtype == torch.bfloat16 and device == "cpu":
-        log("warning: bfloat16 on a CPU without native support is far slower than float32")
+    if autocast and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
+        log("warning: this CPU has no native bfloat16 (no avx512_bf16/amx_bf16): --dtype bfloat16 will be "
+            "slower than float32")
     data = distributed.agree(lambda: load_data(opts))
     t_start = time.perf_counter()  # data ready: train_seconds runs from here to the final metrics
     log(f"data: {data.source}; class counts {data.class_counts}; "
         f"{'balanced, ' if opts.balance else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
     model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, len(data.labels)))
-    model.to(device=device, dtype=dtype)
+    model.to(device)
 
     train_ds = ClassificationDataset(data.train, tokenizer, data.labels, limit=model.backbone.cfg.context_length)
     max_length = distributed.agree(lambda: resolve_max_length(opts.context_length, train_ds.max_length,
@@ -238,8 +191,9 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
                 "validation": ClassificationDataset(data.validation, tokenizer, data.labels, max_length),
                 "test": ClassificationDataset(data.test, tokenizer, data.labels, max_length)}
 
+    run_dir = None
     if not resuming:
-        distributed.from_main(lambda: prepare_run_dir(out, opts.overwrite))
+        run_dir = distributed.from_main(lambda: prepare_output_dir(out, "run", opts.overwrite))
     try:
         if main:
             atomic_write_text(out / RUN_OPTIONS, json.dumps(asdict(opts), indent=2))
@@ -343,8 +297,8 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
     except TrainingInterrupted:
         raise
     except LlmclfError:
-        if main and not (out / CHECKPOINT).exists():  # nothing worth keeping: leave no half-written run behind
-            shutil.rmtree(out, ignore_errors=True)
+        if main and run_dir is not None and not (out / CHECKPOINT).exists():
+            run_dir.discard()  # nothing worth keeping: leave no half-written run, and nothing else touched
         raise
 
 

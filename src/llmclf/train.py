@@ -31,6 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from . import distributed
 from .data import BatchLoader, distinct_sequences, length_sorted_chunks, pack_prefix_trees, pad_batch
+from .errors import LlmclfError
 from .parallel import map_batches
 from .metrics import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
 
@@ -205,6 +206,9 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
     With a `store`, a cache an earlier run computed for the same frozen weights and texts is reused."""
     fixed = datasets["train"].max_length if model.pooling == "last" else None
     start = model.frozen_prefix()
+    if cache == "on" and start == 0:
+        raise LlmclfError("cache on: no block below the trainable part is frozen (or dropout is on), so there is "
+                          "nothing exact to cache; use cache auto or off")
     use_cache = cache != "off" and start > 0
     info = {"cache": use_cache, "cache_start_block": start if use_cache else None, "cache_seconds": 0.0}
     loaders = {}
@@ -346,6 +350,14 @@ class TrainState:
     seconds: float = 0.0               # run time (data ready -> this checkpoint), earlier processes included
 
 
+def _examples_in_step(order, b: int, batch_size: int, grad_accum: int, n_batches: int) -> int:
+    """Examples in the optimizer step that micro-batch b belongs to. Each micro-batch's mean loss is weighted
+    by its share of them, so a step averages over the examples it really has: an epoch's short last group
+    takes a whole step, not a fraction of one."""
+    first = b - b % grad_accum
+    return sum(len(order[i * batch_size:(i + 1) * batch_size]) for i in range(first, min(first + grad_accum, n_batches)))
+
+
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                             *, grad_accum=1, class_weight=None, state=None, on_step=None, log=print, progress=True,
                             parallel: Parallel | None = None, autocast=None):
@@ -375,16 +387,17 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
         for b in range(state.batch, nb):
             idx = state.order[b * bs:(b + 1) * bs]
             steps = not ((b + 1) % grad_accum and b + 1 < nb)  # this micro-batch ends an optimizer step
+            share = len(idx) / _examples_in_step(state.order, b, bs, grad_accum, nb)
             if parallel is None:
                 batch = train_loader.collate(idx)
                 with amp():
-                    loss = calc_loss_batch(batch, model, class_weight) / grad_accum
+                    loss = calc_loss_batch(batch, model, class_weight) * share
                 loss.backward()
             else:
                 skip_sync = parallel.no_sync is not None and not steps
                 with parallel.no_sync() if skip_sync else contextlib.nullcontext():
                     with amp():
-                        loss = parallel_loss(parallel, train_loader, idx, class_weight) / grad_accum
+                        loss = parallel_loss(parallel, train_loader, idx, class_weight) * share
                     loss.backward()
             state.batch = b + 1
             state.examples_seen += len(idx)

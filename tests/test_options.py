@@ -1,0 +1,72 @@
+"""One check for every option (type, range, combination): the CLI, the library and experiment grids give
+the same one-line error for a bad value, before anything is read or written."""
+
+import pytest
+
+from conftest import GPT2_TOKENIZER_DIR, run_cli
+from llmclf.errors import LlmclfError
+from llmclf.options import FinetuneOptions, check_options
+
+TRAIN = ["train", "--model", "gpt2-tiny", "--weights", "random", "--tokenizer-dir", str(GPT2_TOKENIZER_DIR)]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--lora-rank", "0", "--trainable", "lora"], "--lora-rank must be at least 1, not 0"),
+    (["--lr", "-1"], "--lr must be a positive number, not -1.0"),
+    (["--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["--eval-iter", "0"], "--eval-iter must be at least 1, not 0"),
+])
+def test_cli_refuses_bad_values_in_one_line(tmp_path, sms_file, args, fragment):
+    out = tmp_path / "run"
+    r = run_cli(*TRAIN, "--data-file", sms_file, "--out", out, *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f"llmclf: error: {fragment}"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"lr": float("nan")}, "--lr must be a positive number"),
+    ({"weight_decay": -0.1}, "--weight-decay must be a non-negative number"),
+    ({"lora_alpha": 0}, "--lora-alpha must be a positive number"),
+    ({"epochs": "5"}, "--epochs must be an integer, not '5'"),
+    ({"balance": "yes"}, "--balance must be true or false"),
+    ({"split": (0.9, 0.2)}, "--split 0.9 0.2: need 0 < train < 1"),
+    ({"split": (0.7,)}, "--split must be two numbers"),
+    ({"seed": -1}, "--seed must be at least 0"),
+    ({"context_length": "0"}, "--context-length must be at least 1"),
+    ({"context_length": "lots"}, "--context-length must be longest, model or a number"),
+    ({"pooling": "max"}, "--pooling must be one of last_nonpad, last, first, mean, not 'max'"),
+    ({"cache": "yes"}, "--cache must be one of auto, on, off"),
+    ({"dataset": "imdb"}, "--dataset must be one of sms-spam"),
+    ({"device": "tpu"}, "--device must be auto, cpu, cuda, cuda:N or mps"),
+    ({"fsdp": True}, "--fsdp needs trainable all"),
+    ({"dtype": "bfloat16", "device": "mps"}, "--dtype bfloat16 is not offered on mps"),
+])
+def test_library_options_are_checked_like_the_cli(change, fragment):
+    with pytest.raises(LlmclfError) as e:
+        check_options(FinetuneOptions(out="x", **change))
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_good_options_are_normalised():
+    opts = check_options(FinetuneOptions(out="x", lr=1, split=[0.8, 0.1], context_length=64, device="cuda:1"))
+    assert opts.lr == 1.0 and isinstance(opts.lr, float)
+    assert opts.split == (0.8, 0.1) and opts.context_length == "64"
+
+
+def test_finetune_checks_options_before_writing(tmp_path):
+    from llmclf.finetune import finetune
+    out = tmp_path / "run"
+    with pytest.raises(LlmclfError, match="--eval-freq must be at least 1, not 0"):
+        finetune(FinetuneOptions(out=str(out), model="gpt2-tiny", weights="random", eval_freq=0))
+    assert not out.exists()
+
+
+def test_grid_rows_are_checked_by_the_same_rules(tmp_path):
+    from llmclf.experiment import run_experiments
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[[run]]\nname = "a"\nlora_rank = 0\ntrainable = "lora"\n')
+    with pytest.raises(LlmclfError) as e:
+        run_experiments(grid=str(grid), out=str(tmp_path / "exp"))
+    assert "row 'a': lora_rank must be at least 1, not 0" in str(e.value)
+    assert not (tmp_path / "exp").exists()
