@@ -1,14 +1,15 @@
 """Load check for `llmclf serve`: N concurrent clients against a real server process, loopback only.
 
-    python bench/serve_load.py [--run-dir RUN_DIR] [--clients 32] [--seconds 60] [--workers 1]
+    python bench/serve_load.py [--run-dir RUN_DIR] [--clients 32] [--seconds 60] [--workers 1] [--texts 1]
 
 Starts `llmclf serve RUN_DIR` on 127.0.0.1 (a free port); without --run-dir it first trains a gpt2-tiny
 run on the shared SMS data (${LLMCLF_SHARED_DIR:-../shared}) into a temporary directory. Each client
-(asyncio + httpx, one connection each) sends one text per request, drawn from the run's SMS test split,
+(asyncio + httpx, one connection each) sends --texts texts per request, drawn from the run's SMS test split,
 back to back, until --seconds have passed or --max-requests were sent in all. Reports requests/s, p50 / p90
-/ p99 latency and the error count (anything but a well-formed 200 is an error; the exit status is 1 if
-there are any), writes bench/out/serve_load.json and prints a markdown table row. The clients run on the
-same machine as the server, so they share its CPU.
+/ p99 latency of the 200s, the 503s (the server's queue was full: refused at once, with Retry-After; not an
+error, the server shedding load) and the error count (anything else, a timeout included; the exit status is
+1 if there are any, or if the server does not answer afterwards), writes bench/out/serve_load.json and
+prints a markdown table row. The clients run on the same machine as the server, so they share its CPU.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LLMCLF_SHARED_DIR", ROOT.parent / "shared")).resolve()
 SMS_FILE = SHARED / "data" / "sms_spam_collection" / "SMSSpamCollection"
-HEADER = ("| clients | seconds | requests | requests/s | p50 ms | p90 ms | p99 ms | errors | workers | model | machine |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| clients | texts/request | seconds | requests | requests/s | p50 ms | p90 ms | p99 ms | 503s | errors "
+          "| workers | model | machine |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def free_port() -> int:
@@ -87,22 +88,29 @@ def start_server(run_dir: Path, port: int, workers: int, log_path: Path, timeout
         time.sleep(0.25)
 
 
-async def load(url: str, texts: list[str], clients: int, seconds: float, max_requests: int, labels: set, seed: int):
+async def load(url: str, texts: list[str], clients: int, seconds: float, max_requests: int, labels: set, seed: int,
+               per_request: int = 1):
+    """Returns (latencies of the 200s, error details, number of 503s, elapsed seconds)."""
     import httpx
-    latencies, errors, sent = [], [], 0
+    latencies, errors, sent, shed = [], [], 0, 0
     deadline = time.perf_counter() + seconds
 
     async def client(i: int):
-        nonlocal sent
+        nonlocal sent, shed
         rng = random.Random(seed + i)
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
-                text = rng.choice(texts)
+                batch = [rng.choice(texts) for _ in range(per_request)]
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post("/v1/classify", json={"texts": [text]})
-                    ok = r.status_code == 200 and len(r.json()["results"]) == 1 and r.json()["results"][0]["label"] in labels
+                    r = await http.post("/v1/classify", json={"texts": batch})
+                    if r.status_code == 503 and r.headers.get("retry-after", "").isdigit():
+                        shed += 1  # a polite client waits as told (not past the end of the run)
+                        await asyncio.sleep(min(int(r.headers["retry-after"]), max(0.0, deadline - time.perf_counter())))
+                        continue
+                    results = r.json()["results"] if r.status_code == 200 else []
+                    ok = len(results) == per_request and all(x["label"] in labels for x in results)
                     detail = f"{r.status_code} {r.text[:200]}"
                 except (httpx.HTTPError, ValueError, KeyError) as e:
                     ok, detail = False, f"{type(e).__name__}: {e}"
@@ -114,7 +122,7 @@ async def load(url: str, texts: list[str], clients: int, seconds: float, max_req
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
-    return latencies, errors, time.perf_counter() - t0
+    return latencies, errors, shed, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -123,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--max-requests", type=int, default=1_000_000, help="stop after this many requests in all")
+    ap.add_argument("--texts", type=int, default=1, help="texts per request (at most the server's --max-texts)")
     ap.add_argument("--workers", type=int, default=1, help="llmclf serve --workers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve_load.json"))
@@ -140,8 +149,8 @@ def main(argv=None) -> int:
             info = httpx.get(url + "/v1/model", timeout=10).json()
             for t in texts[:20]:  # warm-up, not measured
                 httpx.post(url + "/v1/classify", json={"texts": [t]}, timeout=30).raise_for_status()
-            latencies, errors, elapsed = asyncio.run(load(url, texts, a.clients, a.seconds, a.max_requests,
-                                                          set(info["labels"]), a.seed))
+            latencies, errors, shed, elapsed = asyncio.run(load(url, texts, a.clients, a.seconds, a.max_requests,
+                                                                set(info["labels"]), a.seed, a.texts))
             alive = httpx.get(url + "/healthz", timeout=10).status_code == 200
         finally:
             proc.terminate()
@@ -152,15 +161,15 @@ def main(argv=None) -> int:
                 proc.wait()
 
     lat = sorted(x * 1000 for x in latencies)
-    n = len(lat) + len(errors)
+    n = len(lat) + len(errors) + shed
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), {platform.system()}"
     result = {
-        "clients": a.clients, "seconds": round(elapsed, 2), "requests": n, "ok": len(lat), "errors": len(errors),
+        "clients": a.clients, "seconds": round(elapsed, 2), "requests": n, "ok": len(lat), "shed_503": shed, "errors": len(errors),
         "requests_per_s": round(n / elapsed, 1) if elapsed else 0.0,
         "latency_ms": {"p50": round(percentile(lat, 50), 2), "p90": round(percentile(lat, 90), 2),
                        "p99": round(percentile(lat, 99), 2), "max": round(lat[-1], 2) if lat else None,
                        "mean": round(statistics.fmean(lat), 2) if lat else None},
-        "error_samples": errors[:5], "server_alive_after": alive, "workers": a.workers, "texts_per_request": 1,
+        "error_samples": errors[:5], "server_alive_after": alive, "workers": a.workers, "texts_per_request": a.texts,
         "model": info.get("model"), "device": info.get("device"), "run_dir": str(a.run_dir) if a.run_dir else None,
         "machine": machine, "python": platform.python_version(),
     }
@@ -170,8 +179,9 @@ def main(argv=None) -> int:
     print(json.dumps(result, indent=2))
     print()
     print(HEADER)
-    print(f"| {a.clients} | {result['seconds']:.0f} | {n} | {result['requests_per_s']:.1f} | {result['latency_ms']['p50']:.1f} "
-          f"| {result['latency_ms']['p90']:.1f} | {result['latency_ms']['p99']:.1f} | {len(errors)} | {a.workers} "
+    print(f"| {a.clients} | {a.texts} | {result['seconds']:.0f} | {n} | {result['requests_per_s']:.1f} "
+          f"| {result['latency_ms']['p50']:.1f} | {result['latency_ms']['p90']:.1f} | {result['latency_ms']['p99']:.1f} "
+          f"| {shed} | {len(errors)} | {a.workers} "
           f"| {result['model']} ({result['device']}) | {machine} |")
     return 0 if not errors and alive else 1
 

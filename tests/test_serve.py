@@ -125,7 +125,8 @@ def test_bad_requests_then_still_serving(client, body, status, code):
 def test_body_size_cap(clf):
     app = create_app(clf, max_texts=2, max_chars=10)
     limit = body_limit(2, 10)
-    assert app.state.model_info["limits"] == {"max_texts": 2, "max_chars": 10, "max_body_bytes": limit}
+    assert app.state.model_info["limits"] == {"max_texts": 2, "max_chars": 10, "max_body_bytes": limit,
+                                              "max_queue": 256, "request_timeout_s": 30.0}
     with TestClient(app) as c:
         big = b'{"texts": ["' + b"a" * limit + b'"]}'
         expect_error(c.post("/v1/classify", content=big), 413, "body_too_large")
@@ -156,7 +157,7 @@ def test_unknown_routes_and_methods(client):
     assert client.post("/v1/classify", json={"texts": [SPAM]}).status_code == 200
 
 
-def test_inference_failure_is_a_500_and_the_server_recovers(clf):
+def test_inference_failure_is_a_500_without_internal_text_and_the_server_recovers(clf, caplog):
     app = create_app(clf)
     batcher = app.state.batcher
     real = batcher.predict
@@ -171,7 +172,8 @@ def test_inference_failure_is_a_500_and_the_server_recovers(clf):
     batcher.predict = flaky
     with TestClient(app, raise_server_exceptions=False) as c:
         msg = expect_error(c.post("/v1/classify", json={"texts": [HAM]}), 500, "internal_error")
-        assert "boom" in msg
+        assert "boom" not in msg and "RuntimeError" not in msg  # the detail is logged, not sent
+        assert any("boom" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
         r = c.post("/v1/classify", json={"texts": [HAM]})
         assert r.status_code == 200, r.text
 
@@ -222,6 +224,10 @@ def test_bad_run_dir_and_limits_raise_llmclf_error(tmp_path, clf):
         create_app(tmp_path)
     with pytest.raises(LlmclfError, match="at least 1"):
         create_app(clf, max_texts=0)
+    with pytest.raises(LlmclfError, match="max-queue"):
+        create_app(clf, max_texts=8, max_queue=4)
+    with pytest.raises(LlmclfError, match="request-timeout"):
+        create_app(clf, request_timeout=0)
 
 
 # ------------------------------------------------------------------------------------ micro-batcher
@@ -331,20 +337,24 @@ def test_serve_single_and_multi_worker(monkeypatch, tiny_run):
     from llmclf.serve import app as app_module
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
-    for k in ("RUN_DIR", "MAX_TEXTS", "MAX_CHARS", "DEVICE"):
+    for k in ("RUN_DIR", "MAX_TEXTS", "MAX_CHARS", "MAX_QUEUE", "REQUEST_TIMEOUT", "DEVICE"):
         monkeypatch.setenv(f"LLMCLF_SERVE_{k}", "")  # recorded, so the test leaves the environment as it was
         monkeypatch.delenv(f"LLMCLF_SERVE_{k}")
 
     app_module.serve(tiny_run, port=8123, workers=1, max_texts=5, max_chars=50, device="cpu")
     target, kw = calls.pop()
     assert target.state.model_info["limits"]["max_texts"] == 5 and kw["port"] == 8123 and "workers" not in kw
+    assert kw["timeout_graceful_shutdown"] == 10.0  # SIGTERM: bounded grace by default
 
-    app_module.serve(tiny_run, host="127.0.0.1", port=8124, workers=2, max_texts=7, max_chars=70, device="cpu")
+    app_module.serve(tiny_run, host="127.0.0.1", port=8124, workers=2, max_texts=7, max_chars=70, device="cpu",
+                     max_queue=21, request_timeout=4.5, shutdown_grace=3)
     target, kw = calls.pop()
     assert target == "llmclf.serve.app:app_from_env" and kw["factory"] is True and kw["workers"] == 2
+    assert kw["timeout_graceful_shutdown"] == 3.0
     # what each worker process does with the environment serve() left:
     app = app_module.app_from_env()
-    assert app.state.model_info["limits"]["max_texts"] == 7 and app.state.model_info["limits"]["max_chars"] == 70
+    assert app.state.model_info["limits"] == {"max_texts": 7, "max_chars": 70, "max_body_bytes": body_limit(7, 70),
+                                              "max_queue": 21, "request_timeout_s": 4.5}
     with TestClient(app) as c:
         expect_error(c.post("/v1/classify", json={"texts": ["a"] * 8}), 413, "too_many_texts")
         assert c.post("/v1/classify", json={"texts": [HAM]}).status_code == 200

@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=at_least(1), default=1, help="server processes (each loads the model once)")
     p.add_argument("--max-texts", type=at_least(1), default=64, help="most texts per request")
     p.add_argument("--max-chars", type=at_least(1), default=10000, help="longest text accepted, in characters")
+    p.add_argument("--max-queue", type=at_least(1), default=None,
+                   help="most texts waiting or computing at once; beyond that, 503 with Retry-After "
+                   "(default: max(256, 4 * --max-texts))")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a request may wait for its answer, then 504 (default: 30)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="seconds in-flight requests get after SIGTERM (default: 10)")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("experiment", help="run a grid of fine-tuning configurations on one split")
@@ -262,7 +269,8 @@ def cmd_download(a) -> int:
 def cmd_serve(a) -> int:
     from .serve import serve
     serve(a.run_dir, host=a.host, port=a.port, workers=a.workers, max_texts=a.max_texts, max_chars=a.max_chars,
-          device=a.device)
+          device=a.device, max_queue=a.max_queue, request_timeout=a.request_timeout,
+          shutdown_grace=a.shutdown_grace)
     return 0
 
 
