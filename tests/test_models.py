@@ -5,6 +5,8 @@ import torch
 
 from conftest import GPT2_TOKENIZER_DIR, run_cli
 from llmclf.generate import generate_greedy
+from llmclf.models import MODELS, build_model
+from llmclf.models.common import Attend
 from llmclf.weights.hf import load_hf_dir
 
 transformers = pytest.importorskip("transformers")
@@ -68,3 +70,19 @@ def test_mismatched_weights_are_refused(hf_gpt2_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LlmclfError, match="do not match the config"):
         load_hf_dir(bad)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_block_called_alone_equals_the_models_run_blocks(arch):
+    """block(x) without a mask is a causal forward; a Llama block without the model's RoPE tables builds the
+    same ones."""
+    torch.manual_seed(0)
+    model = build_model(MODELS[f"{arch}-tiny"].config).eval()
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x = model.embed(ids)
+        want = model.run_blocks(x, Attend.full())
+        for block in model.trf_blocks:
+            x = block(x)
+    torch.testing.assert_close(x, want, atol=0, rtol=0)
+

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .models.common import gather_positions
+from .models.common import Attend, gather_positions
 
 POOLINGS = ("last_nonpad", "last", "first", "mean")
 TRAINABLE = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
@@ -48,16 +48,16 @@ class TextClassifier(nn.Module):
         return self.backbone.out_head(self.backbone.final_norm(pooled))
 
     def from_hidden(self, x: torch.Tensor, lengths: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Class logits from the hidden states entering block `start` (the frozen-prefix cache enters here)."""
-        pos = self.pool_positions(lengths)
-        blocks = list(self.blocks)[start:]
-        for i, block in enumerate(blocks):
-            last = i == len(blocks) - 1
-            # Only the pooled position of the last block is ever used, so compute just that query.
-            x = block(x, lengths, self.causal, pos if (last and pos is not None) else None)
-            if last and pos is not None:
-                return self.head(x[:, 0])
-        return self.head(self.pool(x, lengths))
+        """Class logits from the hidden states x (B, T, D) entering block `start` (the frozen-prefix cache
+        enters here)."""
+        pos, n, bb = self.pool_positions(lengths), len(self.blocks), self.backbone
+        full = Attend.full(lengths, self.causal)
+        if pos is None or start == n:  # mean pooling reads every position of the last block (or none is left)
+            return self.head(self.pool(bb.run_blocks(x, full, start), lengths))
+        x = bb.run_blocks(x, full, start, n - 1)
+        # Only the pooled position of the last block is ever used, so compute just that query.
+        x = bb.run_blocks(x, Attend.single_query(pos, lengths, self.causal), n - 1)  # (B, 1, D)
+        return self.head(x[:, 0])
 
     def pool(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         pos = self.pool_positions(lengths)

@@ -1,7 +1,10 @@
-"""Attention shared by both backbones: one SDPA call whose mask handles padding, causality and
-"only these query positions" (the classifier needs the last block's output at one position only)."""
+"""What both backbones share: the `Attend` object that tells a block what each query may attend and where
+the tokens sit, and one attention function (a single SDPA call whose mask handles padding, causality,
+"only these query positions" and prefix trees)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -22,6 +25,61 @@ def gather_positions(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index)
 
 
+@dataclass(frozen=True, eq=False)
+class Attend:
+    """Everything attention needs besides the tokens: which keys each query may attend, and at which
+    positions the queries and tokens sit. One is built per forward, with one of three constructors:
+
+    - `Attend.full(lengths, causal)`: every position is a query (a plain forward; frozen-prefix chunks);
+    - `Attend.single_query(query_pos, lengths, causal)`: one query per row, at query_pos (the classifier's
+      last block, whose output is needed at the pooled position only: about 1/T of that block's work);
+    - `Attend.prefix_tree(positions, tree)`: rows of packed prefix trees (`data.pack_prefix_trees`).
+
+    `Attend()` is a plain causal forward over unpadded rows.
+    """
+
+    lengths: torch.Tensor | None = None    # (B,) real tokens per row (right padding); None: no row is padded
+    causal: bool = True                    # a query attends keys at or before its own position only
+    query_pos: torch.Tensor | None = None  # (B,) the one query position per row; None: every position queries
+    positions: torch.Tensor | None = None  # (B, T) each token's position (its depth in a prefix tree); None: 0..T-1
+    tree: torch.Tensor | None = None       # (B, T, T) bool, True where a query may attend a key
+
+    @classmethod
+    def full(cls, lengths: torch.Tensor | None = None, causal: bool = True) -> Attend:
+        return cls(lengths=lengths, causal=causal)
+
+    @classmethod
+    def single_query(cls, query_pos: torch.Tensor, lengths: torch.Tensor | None = None, causal: bool = True) -> Attend:
+        return cls(lengths=lengths, causal=causal, query_pos=query_pos)
+
+    @classmethod
+    def prefix_tree(cls, positions: torch.Tensor, tree: torch.Tensor) -> Attend:
+        """The tree mask replaces lengths and the causal mask; positions place each token for RoPE."""
+        return cls(positions=positions, tree=tree)
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """x at the query positions: (B, T, D) -> (B, Tq, D), Tq being 1 for a single query per row."""
+        return x if self.query_pos is None else gather_positions(x, self.query_pos)
+
+    @property
+    def kv_lengths(self) -> torch.Tensor | None:
+        """Lengths for `project_real_tokens` of keys and values: with one query per row, K/V are projected at
+        real tokens only; with every position a query, at all of them."""
+        return self.lengths if self.query_pos is not None else None
+
+    def sdpa_mask(self, B: int, Tq: int, Tk: int, device) -> torch.Tensor:
+        """(B, 1, Tq, Tk) boolean, True where a query may attend a key, from lengths and causality."""
+        keys = torch.arange(Tk, device=device)
+        if self.lengths is None:
+            mask = torch.ones(B, 1, 1, Tk, dtype=torch.bool, device=device)
+        else:
+            mask = (keys.view(1, Tk) < self.lengths.view(B, 1)).view(B, 1, 1, Tk)
+        if self.causal:
+            qpos = torch.arange(Tq, device=device).view(1, Tq) if self.query_pos is None else self.query_pos.view(B, 1)
+            mask = mask & (keys.view(1, 1, Tk) <= qpos.unsqueeze(-1)).unsqueeze(1)
+        return mask
+
+
 def project_real_tokens(linear, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """linear(x) computed at real tokens only (position < length); padded positions stay zero. For keys and
     values: attention masks padded keys, so their values are never read. In the classifier's last block,
@@ -37,30 +95,27 @@ def project_real_tokens(linear, x: torch.Tensor, lengths: torch.Tensor | None) -
     return out
 
 
-def attention(q, k, v, *, lengths=None, causal=True, query_pos=None, dropout_p=0.0, tree_mask=None):
-    """Scaled-dot-product attention over heads.
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, T, H * hd) -> (B, H, T, hd)."""
+    B, T, _ = x.shape
+    return x.view(B, T, n_heads, -1).transpose(1, 2)
 
-    q: (B, H, Tq, hd); k, v: (B, Hkv, Tk, hd), Hkv dividing H (grouped-query attention).
-    lengths: (B,) number of real tokens per row, or None when no row is padded. Keys at or past a row's
-    length are masked, so right padding never changes a real token's output.
-    query_pos: (B,) the one position each row's single query sits at (Tq == 1), or None for Tq == Tk.
-    tree_mask: (B, T, T) boolean, True where a query may attend a key; given for rows of packed prefix
-    trees (`data.pack_prefix_trees`), where it replaces lengths and the causal mask.
-    """
-    B, _, Tq, _ = q.shape
-    Tk = k.shape[2]
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, hd) -> (B, T, H * hd)."""
+    B, H, T, hd = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * hd)
+
+
+def attention(q, k, v, mask: Attend, dropout_p: float = 0.0) -> torch.Tensor:
+    """Scaled-dot-product attention over heads: q (B, H, Tq, hd); k, v (B, Hkv, Tk, hd), Hkv dividing H
+    (grouped-query attention) -> (B, H, Tq, hd). Keys at or past a row's length are masked, so right padding
+    never changes a real token's output."""
     gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
-    if tree_mask is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=tree_mask.unsqueeze(1), dropout_p=dropout_p, **gqa)
-    if lengths is None and query_pos is None:
+    if mask.tree is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.tree.unsqueeze(1), dropout_p=dropout_p, **gqa)
+    if mask.lengths is None and mask.query_pos is None:
         # Fast path: the fused kernel's own causal mask (or none at all).
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, **gqa)
-    keys = torch.arange(Tk, device=q.device)
-    if lengths is None:
-        mask = torch.ones(B, 1, 1, Tk, dtype=torch.bool, device=q.device)
-    else:
-        mask = (keys.view(1, Tk) < lengths.view(B, 1)).view(B, 1, 1, Tk)
-    if causal:
-        qpos = query_pos.view(B, 1) if query_pos is not None else torch.arange(Tq, device=q.device).view(1, Tq)
-        mask = mask & (keys.view(1, 1, Tk) <= qpos.unsqueeze(-1)).unsqueeze(1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, **gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=mask.causal, dropout_p=dropout_p, **gqa)
+    attn_mask = mask.sdpa_mask(q.shape[0], q.shape[2], k.shape[2], q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, **gqa)

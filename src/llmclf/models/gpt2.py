@@ -1,8 +1,9 @@
 """GPT-2 in plain PyTorch, with the module names of the book's chapter 4 (`GPTModel`, `trf_blocks`, ...).
 
-The one addition to the book's model is in the block's forward: `lengths` masks right padding and
-`query_pos` computes a block's output at one position per row, which is all a classifier needs from
-its last block (about 1/T of that block's attention and feed-forward work).
+The one addition to the book's model is the block's second argument, an `Attend` (models/common.py): it
+masks right padding, and can ask a block for its output at one position per row only, which is all a
+classifier needs from its last block (about 1/T of that block's attention and feed-forward work).
+A block is called as `block(x, mask)`; `GPTModel.run_blocks` runs a range of them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import attention, gather_positions, init_weights, project_real_tokens
+from .common import Attend, attention, init_weights, merge_heads, project_real_tokens, split_heads
 
 
 @dataclass
@@ -49,20 +50,14 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(d, d, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(d, d)
 
-    def _heads(self, x):
-        B, T, _ = x.shape
-        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-
-    def forward(self, x, lengths=None, causal=True, query_pos=None, tree_mask=None):
-        x_q = x if query_pos is None else gather_positions(x, query_pos)
-        real = lengths if query_pos is not None else None  # one query per row: K/V at real tokens only
-        k = self._heads(project_real_tokens(self.W_key, x, real))
-        v = self._heads(project_real_tokens(self.W_value, x, real))
-        q = self._heads(self.W_query(x_q))
-        out = attention(q, k, v, lengths=lengths, causal=causal, query_pos=query_pos,
-                        dropout_p=self.drop_rate if self.training else 0.0, tree_mask=tree_mask)
-        B, _, Tq, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(B, Tq, -1))
+    def forward(self, x, mask: Attend):
+        """x (B, T, D) -> (B, Tq, D) at mask's query positions."""
+        x_q = mask.queries(x)  # (B, Tq, D)
+        k = split_heads(project_real_tokens(self.W_key, x, mask.kv_lengths), self.n_heads)  # (B, H, T, hd)
+        v = split_heads(project_real_tokens(self.W_value, x, mask.kv_lengths), self.n_heads)
+        q = split_heads(self.W_query(x_q), self.n_heads)  # (B, H, Tq, hd)
+        out = attention(q, k, v, mask, dropout_p=self.drop_rate if self.training else 0.0)  # (B, H, Tq, hd)
+        return self.out_proj(merge_heads(out))
 
 
 class GELU(nn.Module):
@@ -102,10 +97,11 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg.emb_dim)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x, lengths=None, causal=True, query_pos=None, positions=None, tree_mask=None):
-        # positions (B, T) matter only to the embedding in GPT-2; blocks accept them to match Llama's blocks.
-        shortcut = x if query_pos is None else gather_positions(x, query_pos)
-        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), lengths, causal, query_pos, tree_mask))
+    def forward(self, x, mask: Attend = Attend()):
+        """x (B, T, D) -> (B, Tq, D): Tq == T, or 1 for a single query per row. Token positions (prefix
+        trees) matter only to the embedding in GPT-2 (`GPTModel.embed`)."""
+        shortcut = mask.queries(x)  # (B, Tq, D)
+        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), mask))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -126,8 +122,13 @@ class GPTModel(nn.Module):
         pos = torch.arange(in_idx.shape[1], device=in_idx.device) if positions is None else positions
         return self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
 
+    def run_blocks(self, x, mask: Attend, start: int = 0, stop: int | None = None):
+        """Blocks start..stop-1 on x (B, T, D), the hidden states entering block start."""
+        for block in self.trf_blocks[start:stop]:
+            x = block(x, mask)
+        return x
+
     def forward(self, in_idx, lengths=None):
-        x = self.embed(in_idx)
-        for block in self.trf_blocks:
-            x = block(x, lengths)
+        """in_idx (B, T) token ids -> (B, T, vocab_size) logits."""
+        x = self.run_blocks(self.embed(in_idx), Attend.full(lengths))
         return self.out_head(self.final_norm(x))

@@ -1,19 +1,21 @@
 """A Llama-family decoder (SmolLM2, Llama 2/3 style) in plain PyTorch: RMSNorm, rotary position
 embeddings, SwiGLU feed-forward, grouped-query attention, optionally tied embeddings.
 
-It exposes the same surface as `gpt2.GPTModel` (`embed`, `trf_blocks`, `final_norm`, `out_head`, blocks
-taking `lengths`/`causal`/`query_pos`), so the classifier, training and generation treat both alike.
+It exposes the same surface as `gpt2.GPTModel` (`embed`, `trf_blocks`, `run_blocks`, `final_norm`,
+`out_head`), so the classifier, training and generation treat both alike. A block is called as
+`block(x, mask, rope)`: the `Attend` of models/common.py, and the model's RoPE tables, handed to every block.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import attention, gather_positions, init_weights, project_real_tokens
+from .common import Attend, attention, init_weights, merge_heads, project_real_tokens, split_heads
 
 
 @dataclass
@@ -57,6 +59,30 @@ def apply_rope(x, cos, sin):
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+class Rope(NamedTuple):
+    """The rotary tables for positions 0..L-1, computed by the model and handed to every block."""
+
+    cos: torch.Tensor  # (L, hd)
+    sin: torch.Tensor  # (L, hd)
+
+    def at(self, pos):
+        """The tables at positions pos (B, T): (B, 1, T, hd) each, broadcasting over heads."""
+        return self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
+
+    def rotate(self, q, k, mask: Attend):
+        """q (B, H, Tq, hd) and k (B, Hkv, T, hd), each rotated by its token's position."""
+        T = k.shape[2]
+        if mask.positions is None:
+            cos_k, sin_k = self.cos[:T], self.sin[:T]  # (T, hd): positions 0..T-1
+        else:  # packed prefix trees: each token rotates by its own position (its depth in the tree)
+            cos_k, sin_k = self.at(mask.positions)
+        if mask.query_pos is None:
+            cos_q, sin_q = cos_k, sin_k
+        else:  # each row's single query rotates by its own position
+            cos_q, sin_q = self.at(mask.query_pos.view(-1, 1))
+        return apply_rope(q, cos_q, sin_q), apply_rope(k, cos_k, sin_k)
+
+
 class GroupedQueryAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -68,26 +94,14 @@ class GroupedQueryAttention(nn.Module):
         self.W_value = nn.Linear(cfg.emb_dim, self.n_kv * self.head_dim, bias=False)
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, cfg.emb_dim, bias=False)
 
-    def forward(self, x, cos, sin, lengths=None, causal=True, query_pos=None, positions=None, tree_mask=None):
-        B, T, _ = x.shape
-        x_q = x if query_pos is None else gather_positions(x, query_pos)
-        Tq = x_q.shape[1]
-        q = self.W_query(x_q).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
-        real = lengths if query_pos is not None else None  # one query per row: K/V at real tokens only
-        k = project_real_tokens(self.W_key, x, real).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = project_real_tokens(self.W_value, x, real).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        if positions is None:
-            cos_t, sin_t = cos[:T], sin[:T]
-        else:  # packed prefix trees: each token rotates by its own position (its depth in the tree)
-            cos_t, sin_t = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
-        k = apply_rope(k, cos_t, sin_t)
-        if query_pos is None:
-            q = apply_rope(q, cos_t, sin_t)
-        else:  # each row's single query rotates by its own position
-            q = apply_rope(q, cos[query_pos].view(B, 1, 1, -1), sin[query_pos].view(B, 1, 1, -1))
-        out = attention(q, k, v, lengths=lengths, causal=causal, query_pos=query_pos,
-                        dropout_p=self.drop_rate if self.training else 0.0, tree_mask=tree_mask)
-        return self.out_proj(out.transpose(1, 2).reshape(B, Tq, -1))
+    def forward(self, x, mask: Attend, rope: Rope):
+        """x (B, T, D) -> (B, Tq, D) at mask's query positions."""
+        q = split_heads(self.W_query(mask.queries(x)), self.n_heads)  # (B, H, Tq, hd)
+        k = split_heads(project_real_tokens(self.W_key, x, mask.kv_lengths), self.n_kv)  # (B, Hkv, T, hd)
+        v = split_heads(project_real_tokens(self.W_value, x, mask.kv_lengths), self.n_kv)
+        q, k = rope.rotate(q, k, mask)
+        out = attention(q, k, v, mask, dropout_p=self.drop_rate if self.training else 0.0)  # (B, H, Tq, hd)
+        return self.out_proj(merge_heads(out))
 
 
 class FeedForward(nn.Module):
@@ -104,20 +118,22 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: LlamaConfig, rope):
+    def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.att = GroupedQueryAttention(cfg)
         self.ff = FeedForward(cfg)
         self.norm1 = RMSNorm(cfg.emb_dim, cfg.norm_eps)
         self.norm2 = RMSNorm(cfg.emb_dim, cfg.norm_eps)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
-        self._rope = rope  # the model's shared cos/sin tables (a plain list: not a submodule)
+        self.rope_args = (self.att.head_dim, cfg.context_length, cfg.rope_base)  # for a block called on its own
 
-    def forward(self, x, lengths=None, causal=True, query_pos=None, positions=None, tree_mask=None):
-        cos, sin = self._rope[0](x)
-        shortcut = x if query_pos is None else gather_positions(x, query_pos)
-        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), cos, sin, lengths, causal, query_pos,
-                                                   positions, tree_mask))
+    def forward(self, x, mask: Attend = Attend(), rope: Rope | None = None):
+        """x (B, T, D) -> (B, Tq, D): Tq == T, or 1 for a single query per row. rope: the model's tables
+        (`LlamaModel.rope`); a block called on its own builds the same tables itself."""
+        if rope is None:
+            rope = Rope(*(t.to(x) for t in rope_tables(*self.rope_args)))  # x's dtype and device
+        shortcut = mask.queries(x)  # (B, Tq, D)
+        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), mask, rope))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -130,24 +146,29 @@ class LlamaModel(nn.Module):
         cos, sin = rope_tables(cfg.emb_dim // cfg.n_heads, cfg.context_length, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)  # derived from the config: not saved
         self.register_buffer("rope_sin", sin, persistent=False)
-        rope = [self._rope_for]
-        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg, rope) for _ in range(cfg.n_layers))
+        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         self.apply(init_weights)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
-    def _rope_for(self, x):
-        """The cos/sin tables, in x's dtype (rope_tables builds them in float32)."""
-        return self.rope_cos.to(x.dtype), self.rope_sin.to(x.dtype)
+    def rope(self, dtype) -> Rope:
+        """The cos/sin tables in the given dtype (rope_tables builds them in float32)."""
+        return Rope(self.rope_cos.to(dtype), self.rope_sin.to(dtype))
 
     def embed(self, in_idx, positions=None):
         """Token embeddings (positions enter later, by rotation in attention)."""
         return self.drop_emb(self.tok_emb(in_idx))
 
+    def run_blocks(self, x, mask: Attend, start: int = 0, stop: int | None = None):
+        """Blocks start..stop-1 on x (B, T, D), the hidden states entering block start."""
+        rope = self.rope(x.dtype)
+        for block in self.trf_blocks[start:stop]:
+            x = block(x, mask, rope)
+        return x
+
     def forward(self, in_idx, lengths=None):
-        x = self.embed(in_idx)
-        for block in self.trf_blocks:
-            x = block(x, lengths)
+        """in_idx (B, T) token ids -> (B, T, vocab_size) logits."""
+        x = self.run_blocks(self.embed(in_idx), Attend.full(lengths))
         return self.out_head(self.final_norm(x))

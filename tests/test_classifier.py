@@ -1,0 +1,44 @@
+"""The classifier's forward: the last block computes one query per row, and it equals the full forward."""
+
+import pytest
+import torch
+
+from llmclf.classifier import POOLINGS, TextClassifier
+from llmclf.models import MODELS, build_model
+from llmclf.models.common import Attend
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_single_query_last_block_equals_pooling_the_full_forward(arch, pooling, causal):
+    torch.manual_seed(0)
+    model = TextClassifier(build_model(MODELS[f"{arch}-tiny"].config), 2, pooling, causal).eval()
+    ids = torch.randint(0, 1000, (3, 11), generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([11, 6, 2])
+    with torch.no_grad():
+        bb = model.backbone
+        x = bb.run_blocks(bb.embed(ids), Attend.full(lengths, causal))  # every position of every block
+        want = model.head(model.pool(x, lengths))
+        got = model(ids, lengths)
+        hidden = bb.run_blocks(bb.embed(ids), Attend.full(lengths, causal), 0, 1)
+        from_block_1 = model.from_hidden(hidden, lengths, start=1)  # as from the frozen-prefix cache
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(from_block_1, got, atol=0, rtol=0)
+
+
+def _tiny(pooling="last_nonpad", causal=True):
+    torch.manual_seed(0)
+    return TextClassifier(build_model(MODELS["gpt2-tiny"].config), 2, pooling, causal)
+
+
+def test_first_token_pooling_reads_position_zero_and_causal_flag_controls_attention():
+    ids = torch.tensor([[11, 22, 33, 44, 55]])
+    other = torch.tensor([[11, 99, 98, 97, 96]])  # same first token, different rest
+    causal = _tiny(pooling="first", causal=True).eval()
+    full = _tiny(pooling="first", causal=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(causal(ids), causal(other), rtol=0, atol=0)  # position 0 sees only itself
+        assert not torch.allclose(full(ids), full(other), atol=1e-6)  # without the mask it sees later tokens
+        last = _tiny(pooling="last_nonpad").eval()
+        assert not torch.allclose(last(ids), last(other), atol=1e-6)  # the last token does see them
