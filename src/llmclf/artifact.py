@@ -90,7 +90,7 @@ def _write_classifier(out: Path, model, tokenizer, labels, max_length, model_nam
     """Weights and tokenizer files, then config.json with the manifest of them (written last), all fsynced."""
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .version import __version__
     from .assets import sha256_file
     from .lora import merge_lora
 

@@ -18,14 +18,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import LlmclfError
+from .finetune import load_data
+from .metrics import classification_metrics
+from .options import FinetuneOptions, check_options
+from .outdir import check_output_dir, prepare_output_dir
+from .report import write_results
 
 DATA_KEYS = ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")
 
 
 def _data_options(data: dict):
-    from .options import FinetuneOptions, check_options
     unknown = sorted(set(data) - set(DATA_KEYS))
     if unknown:
         raise LlmclfError(f"unknown data option {unknown[0]!r} (known: {', '.join(DATA_KEYS)})")
@@ -33,13 +38,12 @@ def _data_options(data: dict):
 
 
 def _metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
-    import torch
-    from .metrics import classification_metrics
     logits = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1.0))).float()  # softmax(log p) == p
     return classification_metrics(logits, torch.from_numpy(y).long(), num_classes)
 
 
 def _models(seed: int):
+    # scikit-learn is heavy and needed only to fit: imported here, not when the module is
     from sklearn.dummy import DummyClassifier
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -70,10 +74,6 @@ def run_baselines(out, data: dict | None = None, log=None, overwrite: bool = Fal
     """Fit the three baselines on the split `llmclf train` would use for these data options; write
     OUT/results.csv, OUT/results.md and OUT/accuracy.png; return the table rows (dicts). An existing OUT is
     replaced only with `overwrite`, and only if llmclf wrote it (see outdir.py)."""
-    from .experiment import write_results
-    from .finetune import load_data
-    from .outdir import check_output_dir, prepare_output_dir
-
     log = log or (lambda msg: None)
     opts = _data_options(data or {})
     check_output_dir(Path(out), "baseline", overwrite)

@@ -108,9 +108,19 @@ def shutdown() -> None:
         _active = False
 
 
+def pick_device(device: str = "auto") -> str:
+    """The device for `auto`: CUDA, else Apple's MPS, else the CPU; any other request as it is."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def device(requested: str) -> str:
     """This rank's device for a requested one (auto | cpu | cuda | cuda:K | mps): CUDA means GPU LOCAL_RANK."""
-    from .predict import pick_device
     dev = pick_device(requested)
     if not _active:
         return dev

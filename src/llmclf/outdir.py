@@ -90,7 +90,7 @@ class OutputDir:
 def prepare_output_dir(path: Path, kind: str, overwrite: bool, reuse: bool = False) -> OutputDir:
     """Create (or, with `overwrite`, empty of llmclf's entries) a `kind` directory and mark it as llmclf's.
     With `reuse`, an existing one is kept as it is. Checks first, so a refused call changes nothing."""
-    from . import __version__
+    from .version import __version__
     path = Path(path)
     check_output_dir(path, kind, overwrite, reuse)
     created = None

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
+from .artifact import load_classifier_model
 from .data import distinct_sequences, length_sorted_chunks, pad_batch
+from .distributed import pick_device
 from .parallel import map_batches
 
 
@@ -33,18 +36,7 @@ class Classifier:
         return self.config["max_length"]
 
 
-def pick_device(device: str = "auto") -> str:
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def load_classifier(path, device: str = "auto") -> Classifier:
-    from .artifact import load_classifier_model
     device = pick_device(device)
     model, tokenizer, cfg = load_classifier_model(Path(path), device)
     return Classifier(model, tokenizer, cfg, device)
@@ -84,7 +76,6 @@ def predict_texts(clf: Classifier, texts, batch_size: int = 32, progress: bool =
 def predict_texts_distributed(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
     """predict_texts for a torchrun job: every rank classifies a contiguous shard of the texts and the shards
     are all-gathered, so every rank returns all N rows in input order. One process: predict_texts."""
-    from . import distributed
     if not distributed.active():
         return predict_texts(clf, texts, batch_size, progress)
     lo, hi = distributed.contiguous_shard(len(texts))
