@@ -70,3 +70,26 @@ def test_grid_rows_are_checked_by_the_same_rules(tmp_path):
         run_experiments(grid=str(grid), out=str(tmp_path / "exp"))
     assert "row 'a': lora_rank must be at least 1, not 0" in str(e.value)
     assert not (tmp_path / "exp").exists()
+
+
+def test_the_train_command_line_is_derived_from_the_options():
+    """Each option is declared once (options.py): `llmclf train` has a flag for every field, with the field's
+    default and help, so a new field needs no second declaration."""
+    import dataclasses
+
+    from llmclf.cli import build_parser
+    from llmclf.options import flag
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    flags = {s for a in train._actions for s in a.option_strings}
+    parsed, builtin = parser.parse_args(["train"]), FinetuneOptions()
+    for f in dataclasses.fields(FinetuneOptions):
+        if f.name == "extra":
+            continue
+        assert flag(f.name) in flags or f.metadata.get("negate") in flags, f.name
+        got = getattr(parsed, f.name)
+        assert (tuple(got) if f.name == "split" else got) == getattr(builtin, f.name), f.name
+        help_text = next(a.help for a in train._actions if a.dest == f.name and a.help and "same as" not in a.help)
+        assert help_text.startswith(f.metadata["help"]), f.name
+    off = parser.parse_args(["train", "--no-cache", "--no-balance", "--no-causal-mask", "--split", "0.8", "0.1"])
+    assert (off.cache, off.balance, off.causal, off.split) == ("off", False, False, [0.8, 0.1])

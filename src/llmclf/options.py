@@ -7,49 +7,72 @@ wherever it came from (named `--flag` on the command line, `key` in a grid).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 
+from .classifier import POOLINGS, TRAINABLE
 from .errors import LlmclfError
+
+
+def opt(default, help: str, **cli):
+    """A FinetuneOptions field: its default and help are written once, here; `cli` tells the command line what
+    argparse cannot infer (choices, metavar, nargs, the flag of a negated switch, aliases, cli=False)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **cli})
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
 class FinetuneOptions:
-    out: str
-    model: str = "gpt2-small"
-    weights: str = "pretrained"
-    dataset: str = "sms-spam"
-    data_file: str | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    balance: bool = True
-    split: tuple = (0.7, 0.1)
-    seed: int = 123
-    context_length: str = "longest"      # longest | model | N
-    pooling: str = "last_nonpad"
-    append_eos: bool = False             # end every text with the model's end-of-text token
-    trainable: str = "last_block"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    causal: bool = True
-    epochs: int = 5
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.1
-    eval_freq: int = 50
-    eval_iter: int = 5
-    cache: str = "auto"                  # auto | on (refuse to run uncached) | off
-    class_weights: bool = False
-    device: str = "auto"
-    dtype: str = "float32"
-    tokenizer_dir: str | None = None
-    overwrite: bool = False
-    checkpoint_every: int = 50           # optimizer steps between checkpoints (0: epoch ends only)
-    grad_checkpoint: bool = False        # recompute trainable blocks' activations in backward (less memory)
-    fsdp: bool = False                   # torchrun: shard parameters, gradients, optimizer state (trainable=all)
-    quiet: bool = False
-    extra: dict = field(default_factory=dict)
+    """Every option of `llmclf train`, in the order `--help` lists them. The command line, experiment grids
+    and `check_options` are derived from these fields: adding an option is one field plus its use."""
+    out: str = opt(None, "run directory to create (required unless --resume)", metavar="RUN_DIR")
+    # data
+    dataset: str = opt("sms-spam", "built-in dataset")
+    data_file: str | None = opt(None, "your own CSV, TSV or JSON(L) file (or the UCI SMSSpamCollection file)")
+    text_column: str | None = opt(None, "text column (default: text/message/sms/... or judged by content)")
+    label_column: str | None = opt(None, "label column (default: label/class/category/... or judged by content)")
+    balance: bool = opt(True, "undersample to the smallest class, as the book does", switch=True)
+    split: tuple = opt((0.7, 0.1), "train and validation fractions; the rest is test", nargs=2,
+                       metavar=("TRAIN", "VAL"))
+    seed: int = opt(123, "seed of the split, the head's initialisation and the data order")
+    # model
+    model: str = opt("gpt2-small", "named model (see `llmclf download --list`) or a local directory")
+    weights: str = opt("pretrained", "pretrained weights, or random ones (no download)")
+    tokenizer_dir: str | None = opt(None, "directory holding GPT-2's vocab.bpe and encoder.json (offline use)")
+    context_length: str = opt("longest", "longest (training set) | model | N: tokens kept per text")
+    pooling: str = opt("last_nonpad", "which token's output the head reads")
+    append_eos: bool = opt(False, "end every text with the model's end-of-text token (pooled there with last_nonpad)")
+    trainable: str = opt("last_block", "what trains besides the head")
+    lora_rank: int = opt(8, "LoRA rank (--trainable lora)")
+    lora_alpha: float = opt(16.0, "LoRA alpha (--trainable lora)")
+    causal: bool = opt(True, "let every token attend to all tokens", negate="--no-causal-mask")
+    # training
+    epochs: int = opt(5, "passes over the training split")
+    batch_size: int = opt(8, "examples per optimizer step; under torchrun the global batch, split evenly over the "
+                          "processes (must be a multiple of their number)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step (the loss is averaged over the step's examples)")
+    lr: float = opt(5e-5, "AdamW learning rate")
+    weight_decay: float = opt(0.1, "AdamW weight decay")
+    eval_freq: int = opt(50, "evaluate every N optimizer steps")
+    eval_iter: int = opt(5, "batches per periodic evaluation")
+    class_weights: bool = opt(False, "weight the loss by inverse class frequency")
+    cache: str = opt("auto", "frozen-prefix cache: auto (where exact), on (refuse to run uncached), off",
+                     aliases={"--no-cache": "off"})
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt("float32", "bfloat16: mixed precision (float32 weights and optimizer state, bfloat16 autocast "
+                     "forwards) on a CPU or a CUDA GPU that supports it; slower on CPUs without native bfloat16")
+    grad_checkpoint: bool = opt(False, "recompute each trainable block's activations in the backward pass instead "
+                                "of storing them: less memory, more compute, same results")
+    fsdp: bool = opt(False, "under torchrun, shard parameters, gradients and optimizer state over the processes "
+                     "(FSDP2) instead of replicating them (DDP); needs --trainable all; writes no checkpoints")
+    # the run
+    overwrite: bool = opt(False, "replace an existing run directory (only one llmclf wrote: a directory holding "
+                          "anything else is refused, never emptied)")
+    checkpoint_every: int = opt(50, "optimizer steps between checkpoints (0: only at epoch ends)")
+    quiet: bool = opt(False, "print only the final line")
+    extra: dict = opt({}, "free-form notes kept with the run (library and grids only)", cli=False)
 
 
 DATASETS = ("sms-spam",)
@@ -61,7 +84,6 @@ MINIMUM = {"seed": 0, "epochs": 1, "batch_size": 1, "grad_accum": 1, "eval_freq"
 
 def choices() -> dict:
     """The allowed values of each option that takes one of a few words."""
-    from .classifier import POOLINGS, TRAINABLE
     return {"weights": ("pretrained", "random"), "pooling": POOLINGS, "trainable": TRAINABLE,
             "cache": ("auto", "on", "off"), "dtype": ("float32", "bfloat16"), "dataset": DATASETS}
 
@@ -74,7 +96,8 @@ def flag(key: str) -> str:
 def coerce(key: str, value, name: str):
     """`value` checked against the type of the option's default (ints accepted for floats); `name` is how
     errors call the option. Returns the value in the option's own type."""
-    default = FinetuneOptions.__dataclass_fields__[key].default
+    f = FinetuneOptions.__dataclass_fields__[key]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     if key == "split":
         if not (isinstance(value, (list, tuple)) and len(value) == 2
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
@@ -105,6 +128,10 @@ def coerce(key: str, value, name: str):
     if value is None and default is not None:
         raise LlmclfError(f"{name} must be set")
     return value
+
+
+DATA_KEYS = ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")
+MODEL_KEYS = ("model", "weights", "tokenizer_dir")
 
 
 def check_options(opts: FinetuneOptions, where: str | None = None) -> FinetuneOptions:

@@ -34,6 +34,7 @@ from .data import BatchLoader, distinct_sequences, length_sorted_chunks, pack_pr
 from .errors import LlmclfError
 from .parallel import map_batches
 from .metrics import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
+from .models.common import Attend
 
 
 # ---------------------------------------------------------------- batches
@@ -52,6 +53,20 @@ def token_loader(dataset, batch_size, device, *, shuffle=False, drop_last=False,
     return loader
 
 
+def _prefix_tree_batch(rows, pad_id, device):
+    """Token ids (B, T) of packed prefix-tree rows, right padded, and the `Attend` of their forward: each
+    token's position (its depth in its tree) and the (B, T, T) tree mask."""
+    ids, _ = pad_batch([t.tokens for t in rows], pad_id)
+    T = ids.shape[1]
+    positions = torch.zeros_like(ids)
+    mask = torch.eye(T, dtype=torch.bool).repeat(len(rows), 1, 1)  # a pad node sees itself only
+    for b, t in enumerate(rows):
+        n = len(t.tokens)
+        positions[b, :n] = torch.tensor(t.positions)
+        mask[b, :n, :n] = torch.from_numpy(t.mask())
+    return ids.to(device), Attend.prefix_tree(positions.to(device), mask.to(device))
+
+
 @torch.inference_mode()
 def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=None, max_tokens=1024):
     """Hidden states entering block `start` for every text (pooled vectors when start == n_layers).
@@ -66,12 +81,10 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
     all-gathered, so every rank holds the whole cache for 1/N of the work. Each text is computed in the very
     chunk one process would compute it in, so the cache is the same as in a one-process run."""
     seqs, slots = distinct_sequences(encoded)
-    blocks = list(model.blocks)[:start]
     pooled = start == len(model.blocks)
     out = [None] * len(seqs)
     was_training = model.training
     model.eval()
-    w, r = distributed.world(), distributed.rank()
 
     def keep(i, states):
         """Store text i's states (T_i, D), or its pooled vector when every block is frozen."""
@@ -81,60 +94,67 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
             out[i] = states.clone()
 
     if model.causal and fixed_length is None:
-        rows = pack_prefix_trees(seqs, row_tokens=128)
-        chunks = [[rows[i] for i in c] for c in length_sorted_chunks([len(t.tokens) for t in rows], max_tokens)]
-
-        def run(chunk):
-            ids, _ = pad_batch([t.tokens for t in chunk], pad_id)
-            T = ids.shape[1]
-            positions = torch.zeros_like(ids)
-            mask = torch.eye(T, dtype=torch.bool).repeat(len(chunk), 1, 1)  # a pad node sees itself only
-            for b, t in enumerate(chunk):
-                n = len(t.tokens)
-                positions[b, :n] = torch.tensor(t.positions)
-                mask[b, :n, :n] = torch.from_numpy(t.mask())
-            ids, positions, mask = ids.to(device), positions.to(device), mask.to(device)
-            x = model.backbone.embed(ids, positions)
-            for block in blocks:
-                x = block(x, positions=positions, tree_mask=mask)
-            for b, t in enumerate(chunk):
-                for i, path in zip(t.members, t.paths):
-                    keep(i, x[b, path])
-
-        def members(chunk):
-            return [i for t in chunk for i in t.members]
-
-        def cost(chunk):
-            return len(chunk) * max(len(t.tokens) for t in chunk)
+        plan = _prefix_tree_plan(model, seqs, start, device, pad_id, max_tokens, keep)
     else:
-        lengths = [fixed_length or len(s) for s in seqs]
-        chunks = list(length_sorted_chunks(lengths, max_tokens))
-
-        def run(chunk):
-            ids, lens = pad_batch([seqs[i] for i in chunk], pad_id, fixed_length)
-            ids, lens = ids.to(device), lens.to(device)
-            x = model.backbone.embed(ids)
-            attn_lengths = None if model.causal else lens  # causal + right padding: real tokens never see pads
-            for block in blocks:
-                x = block(x, attn_lengths, model.causal)
-            for j, (i, n) in enumerate(zip(chunk, lens.tolist())):
-                keep(i, x[j, :n])
-
-        def members(chunk):
-            return chunk
-
-        def cost(chunk):
-            return len(chunk) * max(lengths[i] for i in chunk)
-
-    map_batches(run, chunks[r::w], device, cost=cost)  # rank r's chunks: r, r+N, ...
+        plan = _padded_plan(model, seqs, start, device, pad_id, fixed_length, max_tokens, keep)
+    w, r = distributed.world(), distributed.rank()
+    map_batches(plan.run, plan.chunks[r::w], device, cost=plan.cost)  # rank r's chunks: r, r+N, ...
     model.train(was_training)
     if w > 1:
-        owners = [[i for c in chunks[q::w] for i in members(c)] for q in range(w)]
-        gathered = distributed.all_gather_tensors([out[i] for i in owners[r]], device)
-        for q in range(w):
-            for i, t in zip(owners[q], gathered[q]):
-                out[i] = t
+        _gather_cache(out, plan, device)
     return [out[s] for s in slots]
+
+
+@dataclass
+class _CachePlan:
+    """How the frozen prefix is computed: the chunks, and for a chunk how to run it (storing each text's
+    states through `keep`), which texts it holds, and what it costs (for balancing chunks over CPU cores)."""
+    chunks: list
+    run: Callable
+    members: Callable
+    cost: Callable
+
+
+def _prefix_tree_plan(model, seqs, start, device, pad_id, max_tokens, keep) -> _CachePlan:
+    """Causal mask: texts packed into prefix-tree rows, so a shared prefix is computed once."""
+    rows = pack_prefix_trees(seqs, row_tokens=128)
+    chunks = [[rows[i] for i in c] for c in length_sorted_chunks([len(t.tokens) for t in rows], max_tokens)]
+
+    def run(chunk):
+        ids, attend = _prefix_tree_batch(chunk, pad_id, device)
+        x = model.backbone.run_blocks(model.backbone.embed(ids, attend.positions), attend, 0, start)
+        for b, t in enumerate(chunk):
+            for i, path in zip(t.members, t.paths):
+                keep(i, x[b, path])
+
+    return _CachePlan(chunks, run, lambda chunk: [i for t in chunk for i in t.members],
+                      lambda chunk: len(chunk) * max(len(t.tokens) for t in chunk))
+
+
+def _padded_plan(model, seqs, start, device, pad_id, fixed_length, max_tokens, keep) -> _CachePlan:
+    """No causal mask, or the book's fixed length: length-sorted padded chunks."""
+    lengths = [fixed_length or len(s) for s in seqs]
+
+    def run(chunk):
+        ids, lens = pad_batch([seqs[i] for i in chunk], pad_id, fixed_length)
+        ids, lens = ids.to(device), lens.to(device)
+        attn_lengths = None if model.causal else lens  # causal + right padding: real tokens never see pads
+        x = model.backbone.run_blocks(model.backbone.embed(ids), Attend.full(attn_lengths, model.causal), 0, start)
+        for j, (i, n) in enumerate(zip(chunk, lens.tolist())):
+            keep(i, x[j, :n])
+
+    return _CachePlan(list(length_sorted_chunks(lengths, max_tokens)), run, lambda chunk: chunk,
+                      lambda chunk: len(chunk) * max(lengths[i] for i in chunk))
+
+
+def _gather_cache(out: list, plan: _CachePlan, device) -> None:
+    """torchrun: every rank computed chunks r, r+N, ...; all-gather them so each rank holds the whole cache."""
+    w, r = distributed.world(), distributed.rank()
+    owners = [[i for c in plan.chunks[q::w] for i in plan.members(c)] for q in range(w)]
+    gathered = distributed.all_gather_tensors([out[i] for i in owners[r]], device)
+    for q in range(w):
+        for i, t in zip(owners[q], gathered[q]):
+            out[i] = t
 
 
 class PrefixCacheStore:
@@ -358,6 +378,26 @@ def _examples_in_step(order, b: int, batch_size: int, grad_accum: int, n_batches
     return sum(len(order[i * batch_size:(i + 1) * batch_size]) for i in range(first, min(first + grad_accum, n_batches)))
 
 
+def backward_micro_batch(model, loader, idx, share: float, ends_step: bool, class_weight, parallel, amp) -> None:
+    """Accumulate the gradient of one micro-batch, its mean loss weighted by its `share` of the step's examples.
+    Under DDP the gradients are synchronised only on the micro-batch that ends the step."""
+    if parallel is None:
+        with amp():
+            loss = calc_loss_batch(loader.collate(idx), model, class_weight) * share
+        loss.backward()
+        return
+    skip_sync = parallel.no_sync is not None and not ends_step
+    with parallel.no_sync() if skip_sync else contextlib.nullcontext():
+        with amp():
+            loss = parallel_loss(parallel, loader, idx, class_weight) * share
+        loss.backward()
+
+
+def _record(state: TrainState, epoch: int, **values) -> None:
+    state.history.append({"epoch": epoch + 1, "step": state.global_step, "examples_seen": state.examples_seen,
+                          **values})
+
+
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                             *, grad_accum=1, class_weight=None, state=None, on_step=None, log=print, progress=True,
                             parallel: Parallel | None = None, autocast=None):
@@ -369,7 +409,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
 
     parallel: this rank's part in a torchrun job (see Parallel); batches, evaluations and examples_seen are
     then global, the same on every rank. autocast: a context-manager factory wrapped around forwards
-    (bfloat16 on CUDA); backward runs outside it."""
+    (bfloat16); backward runs outside it."""
     from tqdm import tqdm
 
     amp = autocast or contextlib.nullcontext
@@ -377,8 +417,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     accuracy_loader = calc_accuracy_loader if parallel is None else gathered_accuracy_loader
     state = state or TrainState()
     bs, nb = train_loader.batch_size, len(train_loader)
-    total = num_epochs * nb
-    bar = tqdm(total=total, initial=state.epoch * nb + state.batch, desc="train", unit="batch",
+    bar = tqdm(total=num_epochs * nb, initial=state.epoch * nb + state.batch, desc="train", unit="batch",
                disable=not progress, leave=False)
     for epoch in range(state.epoch, num_epochs):
         if state.order is None:
@@ -386,23 +425,12 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
         model.train()
         for b in range(state.batch, nb):
             idx = state.order[b * bs:(b + 1) * bs]
-            steps = not ((b + 1) % grad_accum and b + 1 < nb)  # this micro-batch ends an optimizer step
+            ends_step = not ((b + 1) % grad_accum and b + 1 < nb)
             share = len(idx) / _examples_in_step(state.order, b, bs, grad_accum, nb)
-            if parallel is None:
-                batch = train_loader.collate(idx)
-                with amp():
-                    loss = calc_loss_batch(batch, model, class_weight) * share
-                loss.backward()
-            else:
-                skip_sync = parallel.no_sync is not None and not steps
-                with parallel.no_sync() if skip_sync else contextlib.nullcontext():
-                    with amp():
-                        loss = parallel_loss(parallel, train_loader, idx, class_weight) * share
-                    loss.backward()
-            state.batch = b + 1
-            state.examples_seen += len(idx)
+            backward_micro_batch(model, train_loader, idx, share, ends_step, class_weight, parallel, amp)
+            state.batch, state.examples_seen = b + 1, state.examples_seen + len(idx)
             bar.update(1)
-            if not steps:
+            if not ends_step:
                 continue
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -411,21 +439,23 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                 with amp():
                     tl = loss_loader(train_loader, model, eval_iter, class_weight)
                     vl = loss_loader(val_loader, model, eval_iter, class_weight)
-                state.history.append({"epoch": epoch + 1, "step": state.global_step,
-                                      "examples_seen": state.examples_seen, "train_loss": tl, "val_loss": vl})
+                _record(state, epoch, train_loss=tl, val_loss=vl)
                 log(f"Ep {epoch + 1} (Step {state.global_step:06d}): Train loss {tl:.3f}, Val loss {vl:.3f}")
             if on_step:
                 on_step(state, False)
         with amp():
-            ta = accuracy_loader(train_loader, model, eval_iter)
-            va = accuracy_loader(val_loader, model, eval_iter)
-        state.history.append({"epoch": epoch + 1, "step": state.global_step, "examples_seen": state.examples_seen,
-                              "train_acc": ta, "val_acc": va})
+            ta, va = accuracy_loader(train_loader, model, eval_iter), accuracy_loader(val_loader, model, eval_iter)
+        _record(state, epoch, train_acc=ta, val_acc=va)
         log(f"Training accuracy: {ta * 100:.2f}% | Validation accuracy: {va * 100:.2f}%")
         state.epoch, state.batch, state.order = epoch + 1, 0, None
         if on_step:
             on_step(state, True)
     bar.close()
+    return book_curves(state)
+
+
+def book_curves(state: TrainState):
+    """The book's return value: (train_losses, val_losses, train_accs, val_accs, examples_seen)."""
     losses = [h for h in state.history if "train_loss" in h]
     accs = [h for h in state.history if "train_acc" in h]
     return ([h["train_loss"] for h in losses], [h["val_loss"] for h in losses],

@@ -463,51 +463,19 @@ def _check_settings(max_texts, max_chars, max_queue, request_timeout) -> tuple[i
     return max_texts, max_chars, max_queue, float(request_timeout)
 
 
-def create_app(run_dir_or_classifier, max_texts: int = 64, max_chars: int = 10000, device: str = "auto",
-               batch_wait_ms: float = 2.0, max_batch_texts: int | None = None, batch_size: int = 32,
-               max_queue: int | None = None, request_timeout: float = 30.0) -> FastAPI:
-    """The FastAPI app for a run directory (or RUN_DIR/model, or an already loaded Classifier).
-
-    max_queue: most texts waiting or computing at once (default max(256, 4 * max_texts)); beyond it, 503.
-    request_timeout: seconds a request may wait for its answer before a 504.
-    Raises LlmclfError for a missing or broken run, or for impossible limits.
-    """
-    max_texts, max_chars, max_queue, request_timeout = _check_settings(max_texts, max_chars, max_queue, request_timeout)
-    if isinstance(run_dir_or_classifier, Classifier):
-        clf, run_dir = run_dir_or_classifier, None
-    else:
-        run_dir = Path(run_dir_or_classifier)
-        clf = load_classifier(run_dir, device=device)
-    labels = list(clf.labels)
+def _model_info(clf, run_dir, limits: dict) -> dict:
+    """What GET /v1/model answers: the model, its run's metrics and the limits the server enforces."""
     cfg = clf.config
-    model_name = str(cfg.get("model_name", "classifier"))
-    limit = body_limit(max_texts, max_chars)
-    model_info = {
-        "model": model_name, "labels": labels, "num_classes": len(labels), "max_length": clf.max_length,
-        "pooling": cfg.get("pooling"), "backbone": cfg.get("backbone"), "llmclf_version": cfg.get("llmclf_version"),
-        "device": clf.device, "metrics": _run_metrics(run_dir, cfg),
-        "limits": {"max_texts": max_texts, "max_chars": max_chars, "max_body_bytes": limit, "max_queue": max_queue,
-                   "request_timeout_s": request_timeout},
-    }
-    batcher = MicroBatcher(lambda texts: predict_texts(clf, texts, batch_size=batch_size),
-                           max_batch_texts=max_batch_texts or max(max_texts, 64), max_wait_s=batch_wait_ms / 1000,
-                           max_queue=max_queue)
+    return {"model": str(cfg.get("model_name", "classifier")), "labels": list(clf.labels),
+            "num_classes": len(clf.labels), "max_length": clf.max_length, "pooling": cfg.get("pooling"),
+            "backbone": cfg.get("backbone"), "llmclf_version": cfg.get("llmclf_version"), "device": clf.device,
+            "metrics": _run_metrics(run_dir, cfg), "limits": limits}
 
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        await batcher.aclose()
 
-    app = FastAPIOffline(title="llmclf", version=str(cfg.get("llmclf_version", "")), lifespan=lifespan, redoc_url=None,
-                  description=f"Text classification with `{model_name}` (labels: {', '.join(labels)}). "
-                              "Every error is `{\"error\": {\"code\", \"message\"}}`. Limits: "
-                              f"{max_texts} texts per request, {max_chars} characters per text, {limit} bytes per "
-                              f"body, {max_queue} texts queued (then 503 with Retry-After), {request_timeout:g} s "
-                              "per request (then 504).")
-    app.state.classifier = clf
-    app.state.batcher = batcher
-    app.state.model_info = model_info
-    _add_error_handlers(app)
+def _add_routes(app: FastAPI, batcher, model_info: dict, limit: int, request_timeout: float) -> None:
+    """POST /v1/classify, GET /v1/model, GET /healthz and the web page."""
+    labels, model_name = model_info["labels"], model_info["model"]
+    max_texts, max_chars = model_info["limits"]["max_texts"], model_info["limits"]["max_chars"]
 
     @app.post("/v1/classify", response_model=ClassifyResponse, summary="Classify texts", tags=["classify"],
               **_classify_openapi(max_texts, max_chars, limit))
@@ -534,6 +502,48 @@ def create_app(run_dir_or_classifier, max_texts: int = 64, max_chars: int = 1000
     async def index():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
+
+def create_app(run_dir_or_classifier, max_texts: int = 64, max_chars: int = 10000, device: str = "auto",
+               batch_wait_ms: float = 2.0, max_batch_texts: int | None = None, batch_size: int = 32,
+               max_queue: int | None = None, request_timeout: float = 30.0) -> FastAPI:
+    """The FastAPI app for a run directory (or RUN_DIR/model, or an already loaded Classifier).
+
+    max_queue: most texts waiting or computing at once (default max(256, 4 * max_texts)); beyond it, 503.
+    request_timeout: seconds a request may wait for its answer before a 504.
+    Raises LlmclfError for a missing or broken run, or for impossible limits.
+    """
+    max_texts, max_chars, max_queue, request_timeout = _check_settings(max_texts, max_chars, max_queue, request_timeout)
+    if isinstance(run_dir_or_classifier, Classifier):
+        clf, run_dir = run_dir_or_classifier, None
+    else:
+        run_dir = Path(run_dir_or_classifier)
+        clf = load_classifier(run_dir, device=device)
+    labels, cfg = list(clf.labels), clf.config
+    model_name = str(cfg.get("model_name", "classifier"))
+    limit = body_limit(max_texts, max_chars)
+    model_info = _model_info(clf, run_dir, {"max_texts": max_texts, "max_chars": max_chars, "max_body_bytes": limit,
+                                            "max_queue": max_queue, "request_timeout_s": request_timeout})
+    batcher = MicroBatcher(lambda texts: predict_texts(clf, texts, batch_size=batch_size),
+                           max_batch_texts=max_batch_texts or max(max_texts, 64), max_wait_s=batch_wait_ms / 1000,
+                           max_queue=max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await batcher.aclose()
+
+    app = FastAPIOffline(title="llmclf", version=str(cfg.get("llmclf_version", "")), lifespan=lifespan, redoc_url=None,
+                  description=f"Text classification with `{model_name}` (labels: {', '.join(labels)}). "
+                              "Every error is `{\"error\": {\"code\", \"message\"}}`. Limits: "
+                              f"{max_texts} texts per request, {max_chars} characters per text, {limit} bytes per "
+                              f"body, {max_queue} texts queued (then 503 with Retry-After), {request_timeout:g} s "
+                              "per request (then 504).")
+    app.state.classifier = clf
+    app.state.batcher = batcher
+    app.state.model_info = model_info
+    _add_error_handlers(app)
+
+    _add_routes(app, batcher, model_info, limit, request_timeout)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
