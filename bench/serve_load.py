@@ -164,7 +164,8 @@ def main(argv=None) -> int:
     n = len(lat) + len(errors) + shed
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), {platform.system()}"
     result = {
-        "clients": a.clients, "seconds": round(elapsed, 2), "requests": n, "ok": len(lat), "shed_503": shed, "errors": len(errors),
+        "clients": a.clients, "seconds": round(elapsed, 2), "requests": n, "ok": len(lat), "shed_503": shed,
+        "errors": len(errors),
         "requests_per_s": round(n / elapsed, 1) if elapsed else 0.0,
         "latency_ms": {"p50": round(percentile(lat, 50), 2), "p90": round(percentile(lat, 90), 2),
                        "p99": round(percentile(lat, 99), 2), "max": round(lat[-1], 2) if lat else None,

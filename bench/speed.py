@@ -95,7 +95,7 @@ def worker_book_train(epochs: int) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
     train_classifier_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=epochs,
                             eval_freq=50, eval_iter=5)
-    accs = {n: calc_accuracy_loader(l, model, "cpu") for n, l in
+    accs = {n: calc_accuracy_loader(ld, model, "cpu") for n, ld in
             (("train", train_loader), ("validation", val_loader), ("test", test_loader))}
     emit({"seconds": time.perf_counter() - t0, **{f"{k}_accuracy": v for k, v in accs.items()}})
 
@@ -218,8 +218,8 @@ def run_worker(*args) -> dict:
 
 def machine() -> str:
     import torch
-    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                  if l.startswith("model name")), platform.processor())
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())
     return f"{os.cpu_count()} CPU cores ({model}), torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
@@ -288,7 +288,8 @@ def render(r: dict) -> str:
              f"| test accuracy after it | {b['test_accuracy'] * 100:.2f}% | {o['test_accuracy'] * 100:.2f}% | |",
              f"| peak memory (max RSS) of the fine-tuning process | {b['peak_rss_mb']:.0f} MB | {o['peak_rss_mb']:.0f} MB | |"]
     for bs, inf in r["inference"].items():
-        lines.append(f"| inference, SMS test split (300), batch {bs}: messages/s (median of {REPEATS} passes) | {inf['transformers']['messages_per_s']:.1f} | "
+        lines.append(f"| inference, SMS test split (300), batch {bs}: messages/s (median of {REPEATS} passes) | "
+                     f"{inf['transformers']['messages_per_s']:.1f} | "
                      f"{inf['llmclf']['messages_per_s']:.1f} | **{inf['speedup']:.2f}x** |")
         lines.append(f"| ... same labels / max probability difference / peak memory | "
                      f"{'identical' if inf['identical_labels'] else 'DIFFERENT'} / {inf['max_prob_diff']:.1e} / "

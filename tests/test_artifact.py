@@ -1,17 +1,21 @@
 """The saved classifier's files: written atomically, and as readable as the user's umask says."""
 
+import json
 import os
+import shutil
+import signal
 import stat
 from dataclasses import replace
 
 import pytest
 import torch
 
-from conftest import GPT2_TOKENIZER_DIR
-from llmclf.artifact import atomic_write_text, save_classifier
+from conftest import GPT2_TOKENIZER_DIR, run_cli
+from llmclf.artifact import atomic_write_text, canonical_digest, load_classifier_model, save_classifier
 from llmclf.checkpoint import CHECKPOINT, save_checkpoint
 from llmclf.classifier import TextClassifier, set_trainable
 from llmclf.data import BatchLoader
+from llmclf.errors import LlmclfError
 from llmclf.models import MODELS, build_model
 from llmclf.tokenizer import GPT2Tokenizer
 from llmclf.train import TrainState
@@ -47,15 +51,6 @@ def test_results_model_and_checkpoint_follow_the_umask(tmp_path, umask, mask, fi
 
 
 # ------------------------------------------------------------------ the saved classifier, verified whole
-
-import json
-import shutil
-import signal
-
-from llmclf.artifact import canonical_digest, load_classifier_model
-from llmclf.errors import LlmclfError
-
-from conftest import run_cli
 
 SMALL = replace(MODELS["gpt2-tiny"].config, n_layers=1, emb_dim=16, n_heads=2)
 IDS = torch.tensor([[464, 3139, 286, 4881, 318, 50256]])
