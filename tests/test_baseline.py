@@ -22,3 +22,36 @@ def test_baselines_on_the_book_split(tmp_path, sms_file):
     md = (out / "results.md").read_text()
     assert "1045/149/300" in md and "TF-IDF + logistic regression" in md
     assert (out / "accuracy.png").is_file()
+
+
+def test_train_reports_the_tfidf_baseline_beside_the_run(tiny_run):
+    """Every `llmclf train` fits TF-IDF + logistic regression on its own split and records it; the tiny random
+    model of the fixture is far below it, so the run must say that the baseline wins on validation."""
+    import json
+
+    import pandas as pd
+
+    from llmclf.baseline import beside_run
+    from llmclf.data import PreparedData
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    base = m["baseline"]
+    assert base["model"] == "TF-IDF + logistic regression" and base["test"]["accuracy"] > 0.9
+    assert base["wins_on_validation"] is (base["validation"]["f1"] > m["validation"]["f1"])
+    # the same numbers as fitting it again on the run's own split files
+    splits = {s: pd.read_csv(tiny_run / f"{s}.csv", dtype=str, keep_default_na=False) for s in
+              ("train", "validation", "test")}
+    again = beside_run(PreparedData(**splits, labels=m["labels"], source="", class_counts={}), m["options"]["seed"])
+    assert again["test"]["accuracy"] == base["test"]["accuracy"]
+    assert again["validation"]["f1"] == base["validation"]["f1"]
+
+
+def test_no_baseline_leaves_it_out(tmp_path, sms_file):
+    import json
+
+    from conftest import GPT2_TOKENIZER_DIR, run_cli
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--no-baseline",
+                "--data-file", sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "baseline" not in json.loads((out / "metrics.json").read_text())
+    assert "TF-IDF" not in r.stdout + r.stderr

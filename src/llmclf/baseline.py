@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import LlmclfError
-from .finetune import load_data
+from .data import load_data
 from .metrics import classification_metrics
 from .options import FinetuneOptions, check_options
 from .outdir import check_output_dir, prepare_output_dir
@@ -68,6 +68,26 @@ def _fitted_parameters(model) -> int:
     if hasattr(est, "feature_log_prob_"):
         return int(est.feature_log_prob_.size + est.class_log_prior_.size)
     return int(np.size(getattr(est, "class_prior_", 0)))
+
+
+def beside_run(prepared, seed: int) -> dict:
+    """TF-IDF + logistic regression fitted on a run's training split and scored on its validation and test
+    splits: the floor `llmclf train` reports beside every run."""
+    _, title, model = _models(seed)[1]
+    index = {name: i for i, name in enumerate(prepared.labels)}
+    t0 = time.perf_counter()
+    model.fit(prepared.train["text"].astype(str).tolist(), [index[v] for v in prepared.train["label"]])
+    result = {"model": title, "seconds": 0.0}
+    for split in ("validation", "test"):
+        df = getattr(prepared, split)
+        if len(df):
+            probs = np.zeros((len(df), len(index)))
+            probs[:, model.classes_] = model.predict_proba(df["text"].astype(str).tolist())
+            result[split] = _metrics(probs, np.array([index[v] for v in df["label"]]), len(index))
+        else:
+            result[split] = {}
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result
 
 
 def run_baselines(out, data: dict | None = None, log=None, overwrite: bool = False) -> list[dict]:

@@ -167,6 +167,11 @@ def cmd_train(a) -> int:
     t = metrics["test"]
     print(f"test accuracy {t['accuracy']:.4f}  f1 {t['f1']:.4f}  loss {t['loss']:.4f}  "
           f"train_seconds {metrics['train_seconds']:.1f}  run {a.out}")
+    base = metrics.get("baseline")
+    if base:
+        verdict = "  -- it beats this run on validation" if base["wins_on_validation"] else ""
+        print(f"baseline {base['model']}: test accuracy {base['test']['accuracy']:.4f}  f1 {base['test']['f1']:.4f}"
+              f"{verdict}")
     return 0
 
 

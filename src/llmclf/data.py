@@ -388,6 +388,15 @@ def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7
     return PreparedData(train, val, test, labels, source, counts)
 
 
+def load_data(opts):
+    """The labelled data of a run's options (their data_file, or the built-in SMS set), balanced and split."""
+    if opts.data_file is not None:
+        df, source = read_table(opts.data_file, opts.text_column, opts.label_column), str(opts.data_file)
+    else:
+        df, source = load_sms_spam()
+    return prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed)
+
+
 # ---------------------------------------------------------------- tokens and batches
 
 class ClassificationDataset(torch.utils.data.Dataset):

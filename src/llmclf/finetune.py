@@ -25,7 +25,8 @@ from . import distributed
 from .artifact import atomic_write_text, save_classifier
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .classifier import TextClassifier, count_parameters, set_trainable
-from .data import ClassificationDataset, load_sms_spam, prepare_data, read_table
+from .baseline import beside_run
+from .data import ClassificationDataset, load_data
 from .errors import LlmclfError
 from .metrics import classification_metrics, plot_values, predict_loader
 from .options import FinetuneOptions, check_options
@@ -84,14 +85,6 @@ def resolve_max_length(option: str, longest: int, model_context: int) -> int:
     if not 1 <= n <= model_context:
         raise LlmclfError(f"--context-length {n}: must be between 1 and the model's context length {model_context}")
     return n
-
-
-def load_data(opts):
-    if opts.data_file is not None:
-        df, source = read_table(opts.data_file, opts.text_column, opts.label_column), str(opts.data_file)
-    else:
-        df, source = load_sms_spam()
-    return prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed)
 
 
 def build_classifier(opts, num_classes: int):
@@ -324,6 +317,20 @@ def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, label
             f"-> {job.out}")
 
 
+def compare_with_baseline(job: Job, data, metrics: dict) -> dict:
+    """TF-IDF + logistic regression on the same split (it takes seconds), said beside the run's own figures;
+    when it beats the run on validation F1 the output says so plainly, and so does metrics.json."""
+    base = beside_run(data, job.opts.seed)
+    ours, theirs = metrics["validation"].get("f1"), base["validation"].get("f1")
+    base["wins_on_validation"] = bool(theirs is not None and ours is not None and theirs > ours)
+    job.log(f"baseline {base['model']} on the same split: validation f1 {theirs:.4f} (this run {ours:.4f}), "
+            f"test accuracy {base['test']['accuracy'] * 100:.2f}% (this run {metrics['test']['accuracy'] * 100:.2f}%)")
+    if base["wins_on_validation"]:
+        job.log(f"note: {base['model']} beats this run on validation; for this data it is the better classifier "
+                "until a recipe beats it (see `llmclf experiment`)")
+    return base
+
+
 def run_summary(job: Job, data, model_name: str, info: dict, clock: Clock) -> dict:
     """What metrics.json says besides the per-split metrics."""
     summary = {"llmclf_version": __version__, "model": model_name, "weights": job.opts.weights,
@@ -366,6 +373,8 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         weight = class_weight(job, datasets["train"], len(data.labels))
         examples_seen = fit(job, model, optimizer, loaders, state, parallel, weight, clock)
         metrics = evaluate(job, model, loaders, parallel, len(data.labels))
+        if opts.baseline and job.main:
+            metrics["baseline"] = compare_with_baseline(job, data, metrics)
         metrics.update(run_summary(job, data, model_name, {
             "examples_seen": examples_seen, "trainable_parameters": n_trainable, "max_length": max_length,
             "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info}, clock))

@@ -67,6 +67,8 @@ class FinetuneOptions:
                                 "of storing them: less memory, more compute, same results")
     fsdp: bool = opt(False, "under torchrun, shard parameters, gradients and optimizer state over the processes "
                      "(FSDP2) instead of replicating them (DDP); needs --trainable all; writes no checkpoints")
+    baseline: bool = opt(True, "also fit TF-IDF + logistic regression on the same split (seconds) and report it "
+                         "beside the run", negate="--no-baseline")
     # the run
     overwrite: bool = opt(False, "replace an existing run directory (only one llmclf wrote: a directory holding "
                           "anything else is refused, never emptied)")
