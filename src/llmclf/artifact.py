@@ -73,12 +73,13 @@ def canonical_digest(value) -> str:
 
 # ---------------------------------------------------------------------------------------------- saving
 
-def save_classifier(model, tokenizer, directory, *, labels, max_length, model_name, extra=None) -> Path:
-    """Write the classifier into `directory`, replacing any earlier one as a whole, atomically."""
+def save_classifier(model, tokenizer, directory, *, labels, max_length, model_name, extra=None, blend=None) -> Path:
+    """Write the classifier into `directory`, replacing any earlier one as a whole, atomically. `blend` (a
+    blend.TfidfBlend) writes its own file and config field, both covered by the manifest."""
     directory = Path(directory)
     new = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))
     try:
-        _write_classifier(new, model, tokenizer, labels, max_length, model_name, extra)
+        _write_classifier(new, model, tokenizer, labels, max_length, model_name, extra, blend)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
@@ -86,7 +87,7 @@ def save_classifier(model, tokenizer, directory, *, labels, max_length, model_na
     return directory
 
 
-def _write_classifier(out: Path, model, tokenizer, labels, max_length, model_name, extra) -> None:
+def _write_classifier(out: Path, model, tokenizer, labels, max_length, model_name, extra, blend=None) -> None:
     """Weights and tokenizer files, then config.json with the manifest of them (written last), all fsynced."""
     from safetensors.torch import save_file
 
@@ -108,6 +109,9 @@ def _write_classifier(out: Path, model, tokenizer, labels, max_length, model_nam
                     "tensors": {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()}},
         **(extra or {}),
     }
+    if blend is not None:
+        config["blend"] = blend.write(out)
+        os.chmod(out / config["blend"]["file"], default_mode())
     config = json.loads(json.dumps(config))  # digest exactly what a reader will parse (tuples, int keys...)
     config[MANIFEST] = {"files": {p.name: sha256_file(p) for p in sorted(out.iterdir())},
                         "fields": {k: canonical_digest(v) for k, v in config.items()}}
@@ -361,6 +365,11 @@ def _read_weights(wfile: Path, expected: dict) -> dict[str, torch.Tensor]:
 
 def load_classifier_model(path, device="cpu"):
     """(TextClassifier in eval mode, tokenizer, config) from RUN_DIR or RUN_DIR/model, after verification."""
+    return load_classifier_parts(path, device)[:3]
+
+
+def load_classifier_parts(path, device="cpu"):
+    """load_classifier_model's three, plus the model directory they came from (where the blend file lies)."""
     from .classifier import TextClassifier
     from .models import build_model
     from .tokenizer import load_saved_tokenizer
@@ -389,4 +398,4 @@ def load_classifier_model(path, device="cpu"):
     tokenizer = load_saved_tokenizer(directory, cfg["tokenizer"])
     if tokenizer.pad_id != cfg["pad_id"]:
         raise LlmclfError(f"{f}: field 'pad_id' is {cfg['pad_id']} but the tokenizer pads with {tokenizer.pad_id}")
-    return model, tokenizer, cfg
+    return model, tokenizer, cfg, directory

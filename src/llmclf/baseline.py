@@ -37,9 +37,10 @@ def _data_options(data: dict):
     return check_options(FinetuneOptions(out="", **{k: v for k, v in data.items() if v is not None}))
 
 
-def _metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
-    logits = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1.0))).float()  # softmax(log p) == p
-    return classification_metrics(logits, torch.from_numpy(y).long(), num_classes)
+def probability_metrics(probs: np.ndarray, y: np.ndarray, num_classes: int, with_curves: bool = False) -> dict:
+    """classification_metrics of class probabilities (not logits): softmax(log p) == p."""
+    logits = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1.0))).float()
+    return classification_metrics(logits, torch.from_numpy(y).long(), num_classes, with_curves=with_curves)
 
 
 def _models(seed: int):
@@ -70,24 +71,25 @@ def _fitted_parameters(model) -> int:
     return int(np.size(getattr(est, "class_prior_", 0)))
 
 
-def beside_run(prepared, seed: int) -> dict:
+def beside_run(prepared, seed: int, keep: bool = False):
     """TF-IDF + logistic regression fitted on a run's training split and scored on its validation and test
-    splits: the floor `llmclf train` reports beside every run."""
+    splits: the floor `llmclf train` reports beside every run. `keep`: also return what the blend needs,
+    {"pipeline": the fitted model, "validation"/"test": (probabilities, targets)}."""
     _, title, model = _models(seed)[1]
     index = {name: i for i, name in enumerate(prepared.labels)}
     t0 = time.perf_counter()
     model.fit(prepared.train["text"].astype(str).tolist(), [index[v] for v in prepared.train["label"]])
-    result = {"model": title, "seconds": 0.0}
+    result, kept = {"model": title, "seconds": 0.0}, {"pipeline": model}
     for split in ("validation", "test"):
         df = getattr(prepared, split)
+        probs = np.zeros((len(df), len(index)))
+        targets = np.array([index[v] for v in df["label"]], dtype=np.int64)
         if len(df):
-            probs = np.zeros((len(df), len(index)))
             probs[:, model.classes_] = model.predict_proba(df["text"].astype(str).tolist())
-            result[split] = _metrics(probs, np.array([index[v] for v in df["label"]]), len(index))
-        else:
-            result[split] = {}
+        result[split] = probability_metrics(probs, targets, len(index)) if len(df) else {}
+        kept[split] = (probs, targets)
     result["seconds"] = round(time.perf_counter() - t0, 3)
-    return result
+    return (result, kept) if keep else result
 
 
 def run_baselines(out, data: dict | None = None, log=None, overwrite: bool = False) -> list[dict]:
@@ -116,7 +118,7 @@ def run_baselines(out, data: dict | None = None, log=None, overwrite: bool = Fal
                 continue
             probs = np.zeros((len(y[s]), k))
             probs[:, model.classes_] = model.predict_proba(X[s])  # classes absent from train get 0
-            m[s] = _metrics(probs, y[s], k)
+            m[s] = probability_metrics(probs, y[s], k)
         rows.append({
             "name": name, "kind": "baseline", "model": title, "weights": "-", "trainable_token": "-",
             "trainable_layers": "-", "context_length": "-",

@@ -172,13 +172,18 @@ def cmd_train(a) -> int:
         verdict = "  -- it beats this run on validation" if base["wins_on_validation"] else ""
         print(f"baseline {base['model']}: test accuracy {base['test']['accuracy']:.4f}  f1 {base['test']['f1']:.4f}"
               f"{verdict}")
+    blend = metrics.get("blend")
+    if blend:
+        t, kept = blend["test"], "saved as the classifier" if blend["saved"] else "not saved: the LLM alone is kept"
+        print(f"blend w={blend['weight']:.1f} LLM + TF-IDF ({kept}): test accuracy {t['accuracy']:.4f}  "
+              f"f1 {t['f1']:.4f}")
     return 0
 
 
 def cmd_evaluate(a) -> int:
     from .data import read_table
     from .metrics import classification_metrics
-    from .predict import encode_texts, load_classifier, predict_encoded
+    from .predict import load_classifier, predict_texts
     import torch
 
     clf = load_classifier(a.run_dir, a.device)
@@ -187,7 +192,7 @@ def cmd_evaluate(a) -> int:
     unknown = sorted(set(df["label"]) - set(index))
     if unknown:
         raise LlmclfError(f"{a.data_file}: labels {unknown[:5]} are not among the classifier's ({', '.join(clf.labels)})")
-    probs = predict_encoded(clf, encode_texts(clf, list(df["text"])), a.batch_size)
+    probs = predict_texts(clf, list(df["text"]), a.batch_size)  # blended when the classifier has a blend
     targets = torch.tensor([index[x] for x in df["label"]])
     metrics = classification_metrics(torch.log(probs.clamp_min(1e-12)), targets, len(clf.labels), with_curves=True)
     print(json.dumps(metrics, indent=2))

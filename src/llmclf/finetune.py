@@ -25,7 +25,8 @@ from . import distributed
 from .artifact import atomic_write_text, save_classifier
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .classifier import TextClassifier, count_parameters, set_trainable
-from .baseline import beside_run
+from .baseline import beside_run, probability_metrics
+from .blend import TfidfBlend, choose_weight, mix
 from .data import ClassificationDataset, load_data
 from .errors import LlmclfError
 from .metrics import classification_metrics, plot_values, predict_loader
@@ -287,10 +288,10 @@ def fit(job: Job, model, optimizer, loaders, state: TrainState, parallel, weight
             autocast=job.autocast)[4]
 
 
-def evaluate(job: Job, model, loaders, parallel, num_classes: int) -> dict:
-    """Metrics over the whole of each split (under torchrun each rank predicts its slices, then they are
-    gathered); only rank 0 holds them."""
-    metrics = {}
+def evaluate(job: Job, model, loaders, parallel, num_classes: int) -> tuple[dict, dict]:
+    """(metrics, logits) over the whole of each split (under torchrun each rank predicts its slices, then they
+    are gathered); only rank 0 holds them. The logits (float32, CPU) are what a blend is chosen from."""
+    metrics, all_logits = {}, {}
     for split in ("train", "validation", "test"):
         full = loaders[split]
         full.drop_last = False
@@ -298,29 +299,35 @@ def evaluate(job: Job, model, loaders, parallel, num_classes: int) -> dict:
             logits, targets = predict_loader(full, model) if parallel is None else gather_predictions(full, model)[:2]
         if job.main:
             metrics[split] = classification_metrics(logits, targets, num_classes, with_curves=split == "test")
-    return metrics
+            all_logits[split] = logits.float().cpu()
+    return metrics, all_logits
 
 
-def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, labels, max_length: int) -> None:
-    """History, plots, the classifier, and metrics.json last: its presence marks a complete run."""
+def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, labels, max_length: int,
+             blend=None) -> None:
+    """History, plots, the classifier (with its blend, if any), and metrics.json last: its presence marks a
+    complete run."""
     to_save = distributed.full_model_copy(model) if job.opts.fsdp else model  # FSDP: a collective gather
     if not job.main:
         return
     write_history(job.out / "history.csv", state.history)
     write_plots(job.out, state.history, job.opts.epochs)
     save_classifier(to_save, tokenizer, job.out / "model", labels=labels, max_length=max_length,
-                    model_name=metrics["model"],
+                    model_name=metrics["model"], blend=blend,
                     extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")}})
     atomic_write_text(job.out / "metrics.json", json.dumps(metrics, indent=2))
     (job.out / CHECKPOINT).unlink(missing_ok=True)
     job.log(f"test accuracy {metrics['test']['accuracy'] * 100:.2f}%  (train {metrics['train_seconds']:.1f}s) "
             f"-> {job.out}")
+    if blend is not None:
+        b = metrics["blend"]
+        job.log(f"saved classifier: blend w={b['weight']:.1f} LLM + TF-IDF, test accuracy "
+                f"{b['test']['accuracy'] * 100:.2f}% (LLM alone {metrics['test']['accuracy'] * 100:.2f}%)")
 
 
-def compare_with_baseline(job: Job, data, metrics: dict) -> dict:
+def compare_with_baseline(job: Job, metrics: dict, base: dict) -> dict:
     """TF-IDF + logistic regression on the same split (it takes seconds), said beside the run's own figures;
     when it beats the run on validation F1 the output says so plainly, and so does metrics.json."""
-    base = beside_run(data, job.opts.seed)
     ours, theirs = metrics["validation"].get("f1"), base["validation"].get("f1")
     base["wins_on_validation"] = bool(theirs is not None and ours is not None and theirs > ours)
     job.log(f"baseline {base['model']} on the same split: validation f1 {theirs:.4f} (this run {ours:.4f}), "
@@ -329,6 +336,39 @@ def compare_with_baseline(job: Job, data, metrics: dict) -> dict:
         job.log(f"note: {base['model']} beats this run on validation; for this data it is the better classifier "
                 "until a recipe beats it (see `llmclf experiment`)")
     return base
+
+
+def choose_blend(job: Job, logits: dict, kept: dict, num_classes: int):
+    """(TfidfBlend to save or None, metrics.json's `blend`): w on the 0.1 grid by validation macro-F1, ties to
+    the larger w; `--blend auto` saves nothing when w is 1 (the LLM alone)."""
+    p_llm = {s: torch.softmax(logits[s].double(), -1).numpy() for s in ("validation", "test")}
+    (p_val, y_val), (p_test, y_test) = kept["validation"], kept["test"]
+    if not len(y_val):
+        raise LlmclfError(f"--blend {job.opts.blend}: the validation split is empty; nothing to choose the weight on")
+    w, scores = choose_weight(p_llm["validation"], p_val, y_val, num_classes)
+    keep = job.opts.blend == "tfidf" or w < 1.0
+    section = {"weight": w, "saved": keep, "method": "TF-IDF + logistic regression",
+               "validation_macro_f1": {f"{g:.1f}": round(f, 6) for g, f in scores.items()}}
+    for split, p_tf, y in (("validation", p_val, y_val), ("test", p_test, y_test)):
+        section[split] = probability_metrics(mix(p_llm[split], p_tf, w), y, num_classes, split == "test") if len(y) else {}
+    job.log(f"blend: w={w:.1f} (validation macro-F1 {scores[w]:.4f}; LLM alone {scores[1.0]:.4f}, TF-IDF alone "
+            f"{scores[0.0]:.4f}); " + ("saved with the classifier" if keep else "the LLM alone is kept"))
+    return (TfidfBlend(kept["pipeline"], w, num_classes) if keep else None), section
+
+
+def baseline_and_blend(job: Job, data, metrics: dict, logits: dict):
+    """Rank 0, after training: the TF-IDF baseline beside the run and the blend with it (one fit for both).
+    Returns the TfidfBlend to save, or None."""
+    opts = job.opts
+    if not job.main or not (opts.baseline or opts.blend != "off"):
+        return None
+    base, kept = beside_run(data, opts.seed, keep=True)
+    if opts.baseline:
+        metrics["baseline"] = compare_with_baseline(job, metrics, base)
+    if opts.blend == "off":
+        return None
+    blend, metrics["blend"] = choose_blend(job, logits, kept, len(data.labels))
+    return blend
 
 
 def run_summary(job: Job, data, model_name: str, info: dict, clock: Clock) -> dict:
@@ -372,13 +412,12 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         clock = Clock(t_start, state.seconds)
         weight = class_weight(job, datasets["train"], len(data.labels))
         examples_seen = fit(job, model, optimizer, loaders, state, parallel, weight, clock)
-        metrics = evaluate(job, model, loaders, parallel, len(data.labels))
-        if opts.baseline and job.main:
-            metrics["baseline"] = compare_with_baseline(job, data, metrics)
+        metrics, logits = evaluate(job, model, loaders, parallel, len(data.labels))
+        blend = baseline_and_blend(job, data, metrics, logits)
         metrics.update(run_summary(job, data, model_name, {
             "examples_seen": examples_seen, "trainable_parameters": n_trainable, "max_length": max_length,
             "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info}, clock))
-        save_run(job, model, tokenizer, metrics, state, data.labels, max_length)
+        save_run(job, model, tokenizer, metrics, state, data.labels, max_length, blend)
         return distributed.broadcast_object(metrics if job.main else None)  # no rank returns before rank 0 is done
     except TrainingInterrupted:
         raise

@@ -69,6 +69,10 @@ class FinetuneOptions:
                      "(FSDP2) instead of replicating them (DDP); needs --trainable all; writes no checkpoints")
     baseline: bool = opt(True, "also fit TF-IDF + logistic regression on the same split (seconds) and report it "
                          "beside the run", negate="--no-baseline")
+    # Default off: a default changes only after a measured benchmark (bench/quality.py) shows it better.
+    blend: str = opt("off", "off | tfidf: save p = w p_llm + (1 - w) p_tfidf (TF-IDF + logistic regression fitted "
+                     "on the training split, w in 0, 0.1, ..., 1 chosen by validation macro-F1) as the classifier "
+                     "| auto: the same, but the LLM alone when w comes out 1")
     # the run
     overwrite: bool = opt(False, "replace an existing run directory (only one llmclf wrote: a directory holding "
                           "anything else is refused, never emptied)")
@@ -79,6 +83,7 @@ class FinetuneOptions:
 
 DATASETS = ("sms-spam",)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+BLENDS = ("off", "tfidf", "auto")
 # Smallest allowed value of each integer option.
 MINIMUM = {"seed": 0, "epochs": 1, "batch_size": 1, "grad_accum": 1, "eval_freq": 1, "eval_iter": 1,
            "lora_rank": 1, "checkpoint_every": 0}
@@ -87,7 +92,8 @@ MINIMUM = {"seed": 0, "epochs": 1, "batch_size": 1, "grad_accum": 1, "eval_freq"
 def choices() -> dict:
     """The allowed values of each option that takes one of a few words."""
     return {"weights": ("pretrained", "random"), "pooling": POOLINGS, "trainable": TRAINABLE,
-            "cache": ("auto", "on", "off"), "dtype": ("float32", "bfloat16"), "dataset": DATASETS}
+            "cache": ("auto", "on", "off"), "dtype": ("float32", "bfloat16"), "dataset": DATASETS,
+            "blend": BLENDS}
 
 
 def flag(key: str) -> str:
@@ -187,3 +193,6 @@ def _check_combinations(opts: FinetuneOptions, name) -> None:
         raise LlmclfError(f"{name('fsdp')} needs trainable all (smaller trainable sets fit without sharding)")
     if opts.dtype == "bfloat16" and opts.device == "mps":
         raise LlmclfError(f"{name('dtype')} bfloat16 is not offered on mps; use float32")
+    if opts.blend != "off" and opts.split[1] == 0:
+        raise LlmclfError(f"{name('blend')} {opts.blend} chooses its weight on the validation split: give "
+                          f"{name('split')} a validation fraction above 0")

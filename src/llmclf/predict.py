@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .artifact import load_classifier_model
+from .artifact import load_classifier_parts
+from .blend import load_blend
 from .data import distinct_sequences, length_sorted_chunks, pad_batch
 from .distributed import pick_device
 from .parallel import map_batches
@@ -26,6 +27,7 @@ class Classifier:
     tokenizer: object
     config: dict
     device: str = "cpu"
+    blend: object = None  # a blend.TfidfBlend when the classifier was saved with one (--blend)
 
     @property
     def labels(self) -> list[str]:
@@ -38,8 +40,8 @@ class Classifier:
 
 def load_classifier(path, device: str = "auto") -> Classifier:
     device = pick_device(device)
-    model, tokenizer, cfg = load_classifier_model(Path(path), device)
-    return Classifier(model, tokenizer, cfg, device)
+    model, tokenizer, cfg, directory = load_classifier_parts(Path(path), device)
+    return Classifier(model, tokenizer, cfg, device, load_blend(directory, cfg))
 
 
 def encode_texts(clf: Classifier, texts: list[str]) -> list[list[int]]:
@@ -70,7 +72,13 @@ def predict_encoded(clf: Classifier, encoded: list[list[int]], batch_size: int =
 
 
 def predict_texts(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-    return predict_encoded(clf, encode_texts(clf, texts), batch_size, progress)
+    """Class probabilities (N, C) in input order: the LLM's, or blended with TF-IDF when the classifier has a
+    blend (blend.mix, the same function training chose its weight with)."""
+    texts = list(texts)
+    probs = predict_encoded(clf, encode_texts(clf, texts), batch_size, progress)
+    if clf.blend is None:
+        return probs
+    return torch.from_numpy(clf.blend.apply(probs.double().numpy(), texts)).float()
 
 
 def predict_texts_distributed(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:

@@ -3,9 +3,10 @@
 Routes
     POST /v1/classify   {"texts": ["...", ...]} -> {"model": NAME, "results": [{"label", "probability",
                         "probabilities": {label: p}}, ...]}, one result per text, in input order.
-    GET  /v1/model      labels, model name, backbone config, max_length, pooling, the run's metrics
-                        (train/validation/test from RUN_DIR/metrics.json, else config.json's train_metrics;
-                        local paths and training options left out) and the request limits.
+    GET  /v1/model      labels, model name, backbone config, max_length, pooling, blend_weight (the LLM's
+                        weight in a --blend classifier, else null), the run's metrics (train/validation/test
+                        and blend from RUN_DIR/metrics.json, else config.json's train_metrics; local paths
+                        and training options left out) and the request limits.
     GET  /healthz       {"status": "ok"}
     GET  /              the web page (static/index.html); /static/* its files.
     GET  /openapi.json, /docs   FastAPI's schema and Swagger UI. Swagger UI's files come from the
@@ -76,7 +77,7 @@ ENV_PREFIX = "LLMCLF_SERVE_"
 SHUTDOWN_GRACE_S = 10.0  # default seconds in-flight requests get after SIGTERM
 INTERNAL_ERROR = "internal server error; the details are in the server log"
 METRIC_KEYS = ("train", "validation", "test", "class_counts", "num_examples", "train_seconds",
-               "trainable_parameters", "examples_seen", "weights")
+               "trainable_parameters", "examples_seen", "weights", "blend")
 
 
 # ----------------------------------------------------------------------------------------------- schemas
@@ -469,6 +470,7 @@ def _model_info(clf, run_dir, limits: dict) -> dict:
     return {"model": str(cfg.get("model_name", "classifier")), "labels": list(clf.labels),
             "num_classes": len(clf.labels), "max_length": clf.max_length, "pooling": cfg.get("pooling"),
             "backbone": cfg.get("backbone"), "llmclf_version": cfg.get("llmclf_version"), "device": clf.device,
+            "blend_weight": clf.blend.weight if clf.blend is not None else None,
             "metrics": _run_metrics(run_dir, cfg), "limits": limits}
 
 
