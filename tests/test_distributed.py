@@ -104,8 +104,10 @@ def test_two_processes_train_like_one(tmp_path, subset, one_process, variant):
     assert m["world_size"] == 2 and m["cache"] == (variant == "cache")
     assert_same_training(one_process[variant], out)
     # Only rank 0 reports and writes: one final line, one epoch summary, the same files as one process.
-    assert r.stdout.count("test accuracy") == 1, r.stdout
+    assert sum(line.startswith("test accuracy") for line in r.stdout.splitlines()) == 1, r.stdout
+    assert sum(line.startswith("baseline ") for line in r.stdout.splitlines()) == 1, r.stdout
     assert r.stderr.count("Training accuracy:") == 1, r.stderr
+    assert r.stderr.count("text column") == 1, r.stderr  # the data line too: rank 0 alone
     assert "2 processes (DDP)" in r.stderr
     files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*"))
     assert files(out) == files(one_process[variant])
