@@ -84,3 +84,24 @@ def test_evaluate_reads_a_labelled_file(tiny_run):
     saved = json.loads((tiny_run / "metrics.json").read_text())["test"]
     assert got["num_examples"] == 300
     assert got["accuracy"] == pytest.approx(saved["accuracy"], abs=1e-9)
+
+
+def test_errors_csv_lists_the_misclassified_test_texts_most_confident_first(tiny_run):
+    """RUN_DIR/errors.csv: exactly the test texts the saved classifier gets wrong, with its probabilities."""
+    import pandas as pd
+
+    from llmclf.predict import load_classifier, predict_texts
+    errors = pd.read_csv(tiny_run / "errors.csv", dtype={"text": str, "label": str, "predicted": str},
+                         keep_default_na=False)
+    test = pd.read_csv(tiny_run / "test.csv", dtype=str, keep_default_na=False)
+    clf = load_classifier(tiny_run, "cpu")
+    probs = predict_texts(clf, test["text"].tolist())
+    pred = [clf.labels[i] for i in probs.argmax(1).tolist()]
+    wrong = [(t, y, p) for t, y, p in zip(test["text"], test["label"], pred) if y != p]
+    assert 0 < len(wrong) == len(errors)  # the tiny random model makes mistakes
+    assert sorted(wrong) == sorted(zip(errors["text"], errors["label"], errors["predicted"]))
+    assert (errors["probability"].diff().dropna() <= 0).all()  # most confident first
+    by_text = {t: p for t, p in zip(test["text"], probs.max(1).values.tolist())}
+    for t, p in zip(errors["text"], errors["probability"]):
+        assert abs(by_text[t] - p) < 1e-5
+    assert ((errors["label_probability"] < errors["probability"]) | (errors["probability"] == 0.5)).all()

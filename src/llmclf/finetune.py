@@ -303,8 +303,27 @@ def evaluate(job: Job, model, loaders, parallel, num_classes: int) -> tuple[dict
     return metrics, all_logits
 
 
+def misclassified(test, probs, labels) -> pd.DataFrame:
+    """errors.csv: the test texts the saved classifier gets wrong, with the true and the predicted label and
+    their probabilities, the most confident mistakes first (the ones to look at)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(1)
+    true = np.array([labels.index(v) for v in test["label"]])
+    wrong = np.flatnonzero(pred != true)
+    rows = pd.DataFrame({"text": test["text"].to_numpy()[wrong], "label": [labels[i] for i in true[wrong]],
+                         "predicted": [labels[i] for i in pred[wrong]], "probability": probs[wrong, pred[wrong]],
+                         "label_probability": probs[wrong, true[wrong]]})
+    return rows.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def saved_test_probabilities(logits: dict, blend, test) -> np.ndarray:
+    """The saved classifier's class probabilities on the test split: the LLM's, or its blend with TF-IDF."""
+    probs = torch.softmax(logits["test"], dim=-1).numpy()
+    return blend.apply(probs, test["text"].tolist()) if blend is not None else probs
+
+
 def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, labels, max_length: int,
-             blend=None) -> None:
+             blend=None, errors=None) -> None:
     """History, plots, the classifier (with its blend, if any), and metrics.json last: its presence marks a
     complete run."""
     to_save = distributed.full_model_copy(model) if job.opts.fsdp else model  # FSDP: a collective gather
@@ -312,6 +331,7 @@ def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, label
         return
     write_history(job.out / "history.csv", state.history)
     write_plots(job.out, state.history, job.opts.epochs)
+    errors.to_csv(job.out / "errors.csv", index=False)
     save_classifier(to_save, tokenizer, job.out / "model", labels=labels, max_length=max_length,
                     model_name=metrics["model"], blend=blend,
                     extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")}})
@@ -417,7 +437,8 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         metrics.update(run_summary(job, data, model_name, {
             "examples_seen": examples_seen, "trainable_parameters": n_trainable, "max_length": max_length,
             "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info}, clock))
-        save_run(job, model, tokenizer, metrics, state, data.labels, max_length, blend)
+        errors = misclassified(data.test, saved_test_probabilities(logits, blend, data.test), data.labels) if job.main else None
+        save_run(job, model, tokenizer, metrics, state, data.labels, max_length, blend, errors)
         return distributed.broadcast_object(metrics if job.main else None)  # no rank returns before rank 0 is done
     except TrainingInterrupted:
         raise
