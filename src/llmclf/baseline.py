@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import LlmclfError
+from .blend import class_probabilities
 from .data import load_data
+from .errors import LlmclfError
 from .metrics import classification_metrics
-from .options import FinetuneOptions, check_options
+from .options import DATA_KEYS, FinetuneOptions, check_options
 from .outdir import check_output_dir, prepare_output_dir
 from .report import write_results
 
-DATA_KEYS = ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")
 
 
 def _data_options(data: dict):
@@ -82,10 +82,8 @@ def beside_run(prepared, seed: int, keep: bool = False):
     result, kept = {"model": title, "seconds": 0.0}, {"pipeline": model}
     for split in ("validation", "test"):
         df = getattr(prepared, split)
-        probs = np.zeros((len(df), len(index)))
+        probs = class_probabilities(model, df["text"], len(index))
         targets = np.array([index[v] for v in df["label"]], dtype=np.int64)
-        if len(df):
-            probs[:, model.classes_] = model.predict_proba(df["text"].astype(str).tolist())
         result[split] = probability_metrics(probs, targets, len(index)) if len(df) else {}
         kept[split] = (probs, targets)
     result["seconds"] = round(time.perf_counter() - t0, 3)
@@ -116,9 +114,7 @@ def run_baselines(out, data: dict | None = None, log=None, overwrite: bool = Fal
             if len(y[s]) == 0:
                 m[s] = {}
                 continue
-            probs = np.zeros((len(y[s]), k))
-            probs[:, model.classes_] = model.predict_proba(X[s])  # classes absent from train get 0
-            m[s] = probability_metrics(probs, y[s], k)
+            m[s] = probability_metrics(class_probabilities(model, X[s], k), y[s], k)
         rows.append({
             "name": name, "kind": "baseline", "model": title, "weights": "-", "trainable_token": "-",
             "trainable_layers": "-", "context_length": "-",

@@ -31,6 +31,16 @@ VECTORIZER_KEYS = ("analyzer", "binary", "lowercase", "ngram_range", "norm", "sm
 TENSORS = ("idf", "coef", "intercept")
 
 
+def class_probabilities(model, texts, num_classes: int) -> np.ndarray:
+    """A fitted scikit-learn classifier's probabilities (N, num_classes) over all the run's classes: a class
+    it never saw in training gets 0 (predict_proba has columns only for model.classes_)."""
+    texts = [str(t) for t in texts]
+    probs = np.zeros((len(texts), num_classes))
+    if texts:
+        probs[:, model.classes_] = model.predict_proba(texts)
+    return probs
+
+
 def mix(p_llm, p_tfidf, weight: float) -> np.ndarray:
     """The blended class probabilities (N, C): weight * p_llm + (1 - weight) * p_tfidf."""
     return weight * np.asarray(p_llm, dtype=np.float64) + (1.0 - weight) * np.asarray(p_tfidf, dtype=np.float64)
@@ -57,12 +67,8 @@ class TfidfBlend:
     num_classes: int
 
     def tfidf_probs(self, texts) -> np.ndarray:
-        """TF-IDF + LR class probabilities (N, num_classes); a class it never saw in training gets 0."""
-        texts = [str(t) for t in texts]
-        probs = np.zeros((len(texts), self.num_classes))
-        if texts:
-            probs[:, self.pipeline.classes_] = self.pipeline.predict_proba(texts)
-        return probs
+        """TF-IDF + LR class probabilities (N, num_classes)."""
+        return class_probabilities(self.pipeline, texts, self.num_classes)
 
     def apply(self, p_llm, texts) -> np.ndarray:
         return mix(p_llm, self.tfidf_probs(texts), self.weight)
