@@ -195,6 +195,7 @@ class OrderInvariantStore:
 
     def get(self, k):
         import torch
+        from llmclf.models.common import Attend
         model, seqs, start = self._req[k]
         if start == len(model.blocks):
             return None  # pooled-vector caches: not shared here
@@ -219,7 +220,7 @@ class OrderInvariantStore:
                     lens = torch.tensor([x.shape[0] for x in states])
                     x = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
                     for b in blocks:
-                        x = b(x, lens, True)
+                        x = b(x, Attend.full(lens, True))
                     for s, n, row in zip(chunk, lens.tolist(), x):
                         new[s] = row[:n].clone()
             dk = (self.dataset, start)
