@@ -36,7 +36,7 @@ def test_train_reports_the_tfidf_baseline_beside_the_run(tiny_run):
     m = json.loads((tiny_run / "metrics.json").read_text())
     base = m["baseline"]
     assert base["model"] == "TF-IDF + logistic regression" and base["test"]["accuracy"] > 0.9
-    assert base["wins_on_validation"] is (base["validation"]["f1"] > m["validation"]["f1"])
+    assert base["wins_on_validation"] is (base["validation"]["macro_f1"] > m["validation"]["macro_f1"])
     # the same numbers as fitting it again on the run's own split files
     splits = {s: pd.read_csv(tiny_run / f"{s}.csv", dtype=str, keep_default_na=False) for s in
               ("train", "validation", "test")}
@@ -51,7 +51,7 @@ def test_no_baseline_leaves_it_out(tmp_path, sms_file):
     from conftest import GPT2_TOKENIZER_DIR, run_cli
     out = tmp_path / "run"
     r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--no-baseline",
-                "--data-file", sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out)
+                "--blend", "off", "--data-file", sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out)
     assert r.returncode == 0, r.stderr
     assert "baseline" not in json.loads((out / "metrics.json").read_text())
     assert "TF-IDF" not in r.stdout + r.stderr

@@ -34,7 +34,7 @@ def test_cli_refuses_bad_values_in_one_line(tmp_path, sms_file, args, fragment):
     ({"split": (0.7,)}, "--split must be two numbers"),
     ({"seed": -1}, "--seed must be at least 0"),
     ({"context_length": "0"}, "--context-length must be at least 1"),
-    ({"context_length": "lots"}, "--context-length must be longest, model or a number"),
+    ({"context_length": "lots"}, "--context-length must be auto, longest, model or a number"),
     ({"pooling": "max"}, "--pooling must be one of last_nonpad, last, first, mean, not 'max'"),
     ({"cache": "yes"}, "--cache must be one of auto, on, off"),
     ({"dataset": "imdb"}, "--dataset must be one of sms-spam"),
@@ -77,12 +77,12 @@ def test_the_train_command_line_is_derived_from_the_options():
     default and help, so a new field needs no second declaration."""
     import dataclasses
 
-    from llmclf.cli import build_parser
+    from llmclf.cli import build_parser, train_options
     from llmclf.options import flag
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
     flags = {s for a in train._actions for s in a.option_strings}
-    parsed, builtin = parser.parse_args(["train"]), FinetuneOptions()
+    parsed, builtin = train_options(parser.parse_args(["train"])), FinetuneOptions()
     for f in dataclasses.fields(FinetuneOptions):
         if f.name == "extra":
             continue
@@ -93,3 +93,40 @@ def test_the_train_command_line_is_derived_from_the_options():
         assert help_text.startswith(f.metadata["help"]), f.name
     off = parser.parse_args(["train", "--no-cache", "--no-balance", "--no-causal-mask", "--split", "0.8", "0.1"])
     assert (off.cache, off.balance, off.causal, off.split) == ("off", False, False, [0.8, 0.1])
+
+
+def test_recipe_book_is_chapter_6_and_explicit_options_win_over_it():
+    from llmclf.cli import build_parser, train_options
+    from llmclf.options import BOOK_RECIPE
+    book = train_options(build_parser().parse_args(["train", "--recipe", "book"]))
+    assert (book.model, book.trainable, book.pooling, book.epochs, book.lr, book.batch_size, book.blend) == (
+        "gpt2-small", "last_block", "last_nonpad", 5, 5e-5, 8, "off")
+    assert all(getattr(book, k) == v for k, v in BOOK_RECIPE.items()) and book.recipe == "book"
+    # an option given on the command line wins, even when it equals the default recipe's value
+    default_model = FinetuneOptions().model
+    mine = train_options(build_parser().parse_args(["train", "--recipe", "book", "--model", default_model,
+                                                    "--lr", "1e-3"]))
+    assert (mine.model, mine.lr, mine.trainable) == (default_model, 1e-3, "last_block")
+    plain = train_options(build_parser().parse_args(["train"]))
+    assert plain == FinetuneOptions() and plain.recipe == "default"
+
+
+def test_recipe_in_a_grid_row_applies_its_values(tmp_path):
+    from llmclf.experiment.grid import build_options
+    opts = build_options({}, {}, {"recipe": "book", "epochs": 2}, tmp_path / "r", "row 'b'")
+    assert (opts.model, opts.lr, opts.epochs) == ("gpt2-small", 5e-5, 2)
+    with pytest.raises(LlmclfError, match="row 'a': recipe auto is a search of its own"):
+        build_options({}, {}, {"recipe": "auto"}, tmp_path / "r", "row 'a'")
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"recipe": "fast"}, "--recipe must be one of default, book, auto"),
+    ({"schedule": "step"}, "--schedule must be one of constant, cosine, linear"),
+    ({"warmup": 1.5}, "--warmup must be a fraction from 0 to 1"),
+    ({"search_minutes": 0}, "--search-minutes must be a positive number"),
+    ({"dtype": "float16"}, "--dtype must be one of auto, float32, bfloat16"),
+])
+def test_recipe_schedule_and_precision_options_are_checked(change, fragment):
+    with pytest.raises(LlmclfError) as e:
+        check_options(FinetuneOptions(out="x", **change))
+    assert fragment in str(e.value) and "\n" not in str(e.value)

@@ -213,3 +213,33 @@ def test_bfloat16_trains_float32_master_weights_under_autocast():
         assert ((w0 - w1)[large] != 0).float().mean() > 0.9, n
     losses = [h["train_loss"] for h in state.history if "train_loss" in h]
     assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_lr_schedule_warms_up_linearly_then_decays_to_zero_at_the_last_step():
+    from llmclf.train import LrSchedule
+    cos = LrSchedule(1e-3, total=100, warmup=0.1, kind="cosine")
+    assert [cos.factor(t) for t in (1, 5, 10)] == pytest.approx([0.1, 0.5, 1.0])
+    assert cos.factor(55) == pytest.approx(0.5) and cos.factor(100) == pytest.approx(0.0)
+    lin = LrSchedule(1e-3, total=100, warmup=0.0, kind="linear")
+    assert lin.factor(1) == pytest.approx(0.99) and lin.factor(50) == pytest.approx(0.5)
+    assert LrSchedule(1e-3, total=100, warmup=0.2).factor(60) == 1.0
+
+
+def test_training_follows_the_schedule_step_by_step():
+    """The loop sets each step's learning rate before it steps: the rates AdamW used are the schedule's."""
+    from llmclf.train import LrSchedule
+    torch.manual_seed(0)
+    backbone = build_model(replace(MODELS["gpt2-tiny"].config, n_layers=2))
+    model = set_trainable(TextClassifier(backbone, 2), "last_layer")
+    data = FakeDataset(24, backbone.cfg.vocab_size, 1)
+    loaders, _ = make_loaders(model, {"train": data, "validation": data}, 4, "cpu", cache="off", log=lambda *_: None)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=123.0)
+    used = []
+    step = opt.step
+    opt.step = lambda *a, **k: (used.append(opt.param_groups[0]["lr"]), step(*a, **k))[1]
+    sched = LrSchedule(1e-2, total=2 * len(loaders["train"]), warmup=0.25, kind="cosine")
+    train_classifier_simple(model, loaders["train"], loaders["validation"], opt, "cpu", 2, 1000, 1,
+                            log=lambda *_: None, progress=False, schedule=sched)
+    assert len(used) == sched.total == 12
+    assert used == pytest.approx([1e-2 * sched.factor(t) for t in range(1, 13)])
+    assert used[2] == pytest.approx(1e-2) and used[-1] == pytest.approx(0.0)

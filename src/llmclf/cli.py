@@ -23,6 +23,9 @@ def at_least(low: int):
     return parse
 
 
+_UNSET = object()  # the parsed value of an option the command line did not give
+
+
 def add_options(p, keys, *, unset: bool = False) -> None:
     """argparse arguments for these FinetuneOptions fields, derived from their declarations (options.py): the
     type from the default, the help and the rest from the field. `unset`: default None (each row decides)."""
@@ -62,13 +65,14 @@ def _default_note(default, switch: bool, unset: bool) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
-    from .options import FinetuneOptions
+    from .options import RECIPE_KEYS, FinetuneOptions
     parser = argparse.ArgumentParser(prog="llmclf", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", aliases=["finetune"], help="fine-tune a classifier and evaluate it")
     add_options(p, [f.name for f in dataclasses.fields(FinetuneOptions)])
+    p.set_defaults(**{k: _UNSET for k in RECIPE_KEYS})  # a --recipe sets these unless given explicitly
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     _add_use_parsers(sub)
     _add_serve_parser(sub)
@@ -145,9 +149,17 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--tokenizer-dir")
 
 
+def train_options(a):
+    """`llmclf train`'s options: the --recipe's values, then every option the command line gave."""
+    from .options import FinetuneOptions, from_recipe
+    return from_recipe(**{k: v for k, v in vars(a).items()
+                          if k in FinetuneOptions.__dataclass_fields__ and v is not _UNSET})
+
+
 def cmd_train(a) -> int:
     from . import distributed
-    from .finetune import FinetuneOptions, TrainingInterrupted, finetune, resume
+    from .finetune import TrainingInterrupted, finetune, resume
+    from .search import auto_recipe
     try:
         if a.resume:
             metrics = resume(a.resume)
@@ -155,8 +167,8 @@ def cmd_train(a) -> int:
         else:
             if not a.out:
                 raise LlmclfError("--out RUN_DIR is required (or --resume RUN_DIR)")
-            opts = FinetuneOptions(**{k: v for k, v in vars(a).items() if k in FinetuneOptions.__dataclass_fields__})
-            metrics = finetune(opts)
+            opts = train_options(a)
+            metrics = auto_recipe(opts) if opts.recipe == "auto" else finetune(opts)
     except TrainingInterrupted as e:
         if distributed.is_main():
             print(f"llmclf: {e}", file=sys.stderr, flush=True)

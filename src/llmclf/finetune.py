@@ -30,12 +30,12 @@ from .blend import TfidfBlend, choose_weight, mix
 from .data import ClassificationDataset, load_data
 from .errors import LlmclfError
 from .metrics import classification_metrics, plot_values, predict_loader
-from .options import FinetuneOptions, check_options
+from .options import AUTO_CONTEXT, FinetuneOptions, check_options
 from .outdir import check_output_dir, prepare_output_dir
 from .weights import load_backbone
 from .version import __version__
-from .train import (Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
-                    train_classifier_simple)
+from .train import (LrSchedule, Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
+                    steps_per_epoch, train_classifier_simple)
 
 
 def _log(opts):
@@ -52,10 +52,15 @@ def check_launch(opts) -> None:
 
 
 def bf16_autocast(opts, device: str):
-    """The autocast factory for --dtype bfloat16 (None for float32). bfloat16 is mixed precision on every
-    device: weights and AdamW state stay float32 (a 5e-5 step is below bfloat16's resolution for most
-    weights, which would then never move), and only the forwards run in bfloat16."""
+    """The autocast factory for --dtype bfloat16, and for auto where bfloat16 is native (None for float32).
+    bfloat16 is mixed precision on every device: weights and AdamW state stay float32 (a 5e-5 step is below
+    bfloat16's resolution for most weights, which would then never move), and only the forwards run in
+    bfloat16."""
     kind = torch.device(device).type
+    if opts.dtype == "auto":  # bfloat16 only where the hardware computes it natively (else it is slower)
+        native = torch.cuda.is_bf16_supported() if kind == "cuda" else kind == "cpu" and cpu_has_native_bf16()
+        if not native:
+            return None
     if opts.dtype == "float32":
         return None
     if kind == "cuda" and not torch.cuda.is_bf16_supported():
@@ -75,6 +80,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_max_length(option: str, longest: int, model_context: int) -> int:
+    if option == "auto":
+        return min(longest, model_context, AUTO_CONTEXT)
     if option == "longest":
         return min(longest, model_context)
     if option == "model":
@@ -82,7 +89,7 @@ def resolve_max_length(option: str, longest: int, model_context: int) -> int:
     try:
         n = int(option)
     except ValueError:
-        raise LlmclfError(f"--context-length must be longest, model or a number, not {option!r}") from None
+        raise LlmclfError(f"--context-length must be auto, longest, model or a number, not {option!r}") from None
     if not 1 <= n <= model_context:
         raise LlmclfError(f"--context-length {n}: must be between 1 and the model's context length {model_context}")
     return n
@@ -285,7 +292,14 @@ def fit(job: Job, model, optimizer, loaders, state: TrainState, parallel, weight
             model, loaders["train"], loaders["validation"], optimizer, job.device, o.epochs, o.eval_freq,
             o.eval_iter, grad_accum=o.grad_accum, class_weight=weight, state=state, on_step=on_step,
             log=job.log, progress=not o.quiet and job.main and sys.stderr.isatty(), parallel=parallel,
-            autocast=job.autocast)[4]
+            autocast=job.autocast, schedule=lr_schedule(o, len(loaders["train"])))[4]
+
+
+def lr_schedule(o: FinetuneOptions, n_batches: int) -> LrSchedule | None:
+    """--warmup/--schedule as a per-step learning rate; None for the book's constant rate."""
+    if o.schedule == "constant" and not o.warmup:
+        return None
+    return LrSchedule(o.lr, o.epochs * steps_per_epoch(n_batches, o.grad_accum), o.warmup, o.schedule)
 
 
 def evaluate(job: Job, model, loaders, parallel, num_classes: int) -> tuple[dict, dict]:
@@ -347,10 +361,10 @@ def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, label
 
 def compare_with_baseline(job: Job, metrics: dict, base: dict) -> dict:
     """TF-IDF + logistic regression on the same split (it takes seconds), said beside the run's own figures;
-    when it beats the run on validation F1 the output says so plainly, and so does metrics.json."""
-    ours, theirs = metrics["validation"].get("f1"), base["validation"].get("f1")
+    when it beats the run on validation macro-F1 the output says so plainly, and so does metrics.json."""
+    ours, theirs = metrics["validation"].get("macro_f1"), base["validation"].get("macro_f1")
     base["wins_on_validation"] = bool(theirs is not None and ours is not None and theirs > ours)
-    job.log(f"baseline {base['model']} on the same split: validation f1 {theirs:.4f} (this run {ours:.4f}), "
+    job.log(f"baseline {base['model']} on the same split: validation macro-F1 {theirs:.4f} (this run {ours:.4f}), "
             f"test accuracy {base['test']['accuracy'] * 100:.2f}% (this run {metrics['test']['accuracy'] * 100:.2f}%)")
     if base["wins_on_validation"]:
         job.log(f"note: {base['model']} beats this run on validation; for this data it is the better classifier "

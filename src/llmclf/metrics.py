@@ -49,7 +49,7 @@ def predict_loader(loader, model, num_batches: int | None = None):
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int,
                            with_curves: bool = False) -> dict:
-    """accuracy, loss, precision, recall, f1 (binary: positive class 1; multiclass: macro),
+    """accuracy, macro_f1, loss, precision, recall, f1 (binary: positive class 1; multiclass: macro),
     balanced_accuracy; with_curves adds the confusion matrix and (binary) ROC AUC."""
     from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support,
                                  roc_auc_score)
@@ -63,8 +63,11 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
     p, r, f, _ = precision_recall_fscore_support(y, pred, average="binary" if binary else "macro",
                                                  labels=list(range(num_classes)) if not binary else None,
                                                  pos_label=1, zero_division=0)
+    macro = precision_recall_fscore_support(y, pred, average="macro", labels=list(range(num_classes)),
+                                            zero_division=0)[2]
     out = {
         "accuracy": float((pred == y).mean()),
+        "macro_f1": float(macro),  # every class weighs the same: what --recipe auto and the blend choose by
         "loss": float(F.cross_entropy(logits.float(), targets).item()),
         "precision": float(p), "recall": float(r), "f1": float(f),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),

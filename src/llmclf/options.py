@@ -23,11 +23,21 @@ def opt(default, help: str, **cli):
     return field(default=default, metadata={"help": help, **cli})
 
 
+AUTO_CONTEXT = 256  # --context-length auto: enough for the news articles of bench/quality.py (mean 252 tokens)
+
+
 @dataclass
 class FinetuneOptions:
     """Every option of `llmclf train`, in the order `--help` lists them. The command line, experiment grids
     and `check_options` are derived from these fields: adding an option is one field plus its use."""
     out: str = opt(None, "run directory to create (required unless --resume)", metavar="RUN_DIR")
+    recipe: str = opt("default", "default: the defaults below, chosen on the validation splits of bench/quality.py | "
+                      "book: chapter 6 exactly (GPT-2 small, last block, last token, 5 epochs at 5e-5, batch 8, "
+                      "float32, no blend) | auto: train each of a few recipes on this split (the frozen-prefix "
+                      "cache shared), keep the best on validation macro-F1; search.csv lists them. Options given "
+                      "on the command line win over the recipe's")
+    search_minutes: float = opt(15.0, "--recipe auto: start no further candidate once this many minutes have gone "
+                                "(the first always runs)")
     # data
     dataset: str = opt("sms-spam", "built-in dataset")
     data_file: str | None = opt(None, "your own CSV, TSV or JSON(L) file (or the UCI SMSSpamCollection file)")
@@ -41,7 +51,8 @@ class FinetuneOptions:
     model: str = opt("gpt2-small", "named model (see `llmclf download --list`) or a local directory")
     weights: str = opt("pretrained", "pretrained weights, or random ones (no download)")
     tokenizer_dir: str | None = opt(None, "directory holding GPT-2's vocab.bpe and encoder.json (offline use)")
-    context_length: str = opt("longest", "longest (training set) | model | N: tokens kept per text")
+    context_length: str = opt("longest", f"tokens kept per text: auto (the longest training text, at most {AUTO_CONTEXT}: "
+                              "bounds what long documents cost) | longest (training set) | model | N")
     pooling: str = opt("last_nonpad", "which token's output the head reads")
     append_eos: bool = opt(False, "end every text with the model's end-of-text token (pooled there with last_nonpad)")
     trainable: str = opt("last_block", "what trains besides the head")
@@ -53,7 +64,10 @@ class FinetuneOptions:
     batch_size: int = opt(8, "examples per optimizer step; under torchrun the global batch, split evenly over the "
                           "processes (must be a multiple of their number)")
     grad_accum: int = opt(1, "micro-batches per optimizer step (the loss is averaged over the step's examples)")
-    lr: float = opt(5e-5, "AdamW learning rate")
+    lr: float = opt(5e-5, "AdamW learning rate (the peak, with --warmup or --schedule)")
+    warmup: float = opt(0.0, "fraction of the optimizer steps over which the learning rate rises linearly from 0")
+    schedule: str = opt("constant", "learning rate after the warm-up: constant, or cosine or linear decay to 0 at "
+                        "the last step")
     weight_decay: float = opt(0.1, "AdamW weight decay")
     eval_freq: int = opt(50, "evaluate every N optimizer steps")
     eval_iter: int = opt(5, "batches per periodic evaluation")
@@ -62,14 +76,16 @@ class FinetuneOptions:
                      aliases={"--no-cache": "off"})
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("float32", "bfloat16: mixed precision (float32 weights and optimizer state, bfloat16 autocast "
-                     "forwards) on a CPU or a CUDA GPU that supports it; slower on CPUs without native bfloat16")
+                     "forwards) on a CPU or a CUDA GPU that supports it; slower on CPUs without native bfloat16 | "
+                     "float32 | auto: bfloat16 where the hardware computes it natively (avx512_bf16/amx_bf16, a "
+                     "bf16 GPU), else float32")
     grad_checkpoint: bool = opt(False, "recompute each trainable block's activations in the backward pass instead "
                                 "of storing them: less memory, more compute, same results")
     fsdp: bool = opt(False, "under torchrun, shard parameters, gradients and optimizer state over the processes "
                      "(FSDP2) instead of replicating them (DDP); needs --trainable all; writes no checkpoints")
     baseline: bool = opt(True, "also fit TF-IDF + logistic regression on the same split (seconds) and report it "
                          "beside the run", negate="--no-baseline")
-    # Default off: a default changes only after a measured benchmark (bench/quality.py) shows it better.
+    # Defaults (model, context, schedule, lr, blend) chosen on the validation splits of bench/quality.py (README: Quality).
     blend: str = opt("off", "off | tfidf: save p = w p_llm + (1 - w) p_tfidf (TF-IDF + logistic regression fitted "
                      "on the training split, w in 0, 0.1, ..., 1 chosen by validation macro-F1) as the classifier "
                      "| auto: the same, but the LLM alone when w comes out 1")
@@ -81,9 +97,25 @@ class FinetuneOptions:
     extra: dict = opt({}, "free-form notes kept with the run (library and grids only)", cli=False)
 
 
+# The book's chapter 6, written out in full so that it stays exact whatever the defaults become.
+BOOK_RECIPE = {"model": "gpt2-small", "trainable": "last_block", "pooling": "last_nonpad", "append_eos": False,
+               "context_length": "longest", "epochs": 5, "batch_size": 8, "lr": 5e-5, "warmup": 0.0,
+               "schedule": "constant", "weight_decay": 0.1, "dtype": "float32", "blend": "off"}
+RECIPES = {"default": {}, "book": BOOK_RECIPE, "auto": {}}
+RECIPE_KEYS = tuple(BOOK_RECIPE)
+
+
+def from_recipe(recipe: str = "default", **given) -> "FinetuneOptions":
+    """FinetuneOptions of a named recipe: the recipe's values, then the options given (which win)."""
+    if recipe not in RECIPES:
+        raise LlmclfError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
+    return FinetuneOptions(**{**RECIPES[recipe], **given, "recipe": recipe})
+
+
 DATASETS = ("sms-spam",)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BLENDS = ("off", "tfidf", "auto")
+SCHEDULES = ("constant", "cosine", "linear")
 # Smallest allowed value of each integer option.
 MINIMUM = {"seed": 0, "epochs": 1, "batch_size": 1, "grad_accum": 1, "eval_freq": 1, "eval_iter": 1,
            "lora_rank": 1, "checkpoint_every": 0}
@@ -92,8 +124,9 @@ MINIMUM = {"seed": 0, "epochs": 1, "batch_size": 1, "grad_accum": 1, "eval_freq"
 def choices() -> dict:
     """The allowed values of each option that takes one of a few words."""
     return {"weights": ("pretrained", "random"), "pooling": POOLINGS, "trainable": TRAINABLE,
-            "cache": ("auto", "on", "off"), "dtype": ("float32", "bfloat16"), "dataset": DATASETS,
-            "blend": BLENDS}
+            "cache": ("auto", "on", "off"), "dtype": ("auto", "float32", "bfloat16"),
+            "dataset": DATASETS, "recipe": tuple(RECIPES),
+            "blend": BLENDS, "schedule": SCHEDULES}
 
 
 def flag(key: str) -> str:
@@ -113,7 +146,7 @@ def coerce(key: str, value, name: str):
         return tuple(float(v) for v in value)
     if key == "context_length":
         if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise LlmclfError(f"{name} must be longest, model or a number, not {value!r}")
+            raise LlmclfError(f"{name} must be auto, longest, model or a number, not {value!r}")
         return str(value)
     if key == "extra":
         if not isinstance(value, dict):
@@ -158,10 +191,14 @@ def check_options(opts: FinetuneOptions, where: str | None = None) -> FinetuneOp
             raise LlmclfError(f"{name(key)} must be at least {low}, not {getattr(opts, key)}")
     if opts.seed >= 2**32:
         raise LlmclfError(f"{name('seed')} must be below 2**32, not {opts.seed}")
+    if not opts.search_minutes > 0:
+        raise LlmclfError(f"{name('search_minutes')} must be a positive number, not {opts.search_minutes}")
     for key, positive in (("lr", True), ("lora_alpha", True), ("weight_decay", False)):
         v = getattr(opts, key)
         if not math.isfinite(v) or v < 0 or (positive and v == 0):
             raise LlmclfError(f"{name(key)} must be a {'positive' if positive else 'non-negative'} number, not {v}")
+    if not 0 <= opts.warmup <= 1:
+        raise LlmclfError(f"{name('warmup')} must be a fraction from 0 to 1, not {opts.warmup}")
     _check_split(opts.split, name("split"))
     _check_context_length(opts.context_length, name("context_length"))
     if opts.device.split(":")[0] not in DEVICES or (":" in opts.device and not opts.device.startswith("cuda:")):
@@ -178,12 +215,12 @@ def _check_split(split, name: str) -> None:
 
 
 def _check_context_length(value: str, name: str) -> None:
-    if value in ("longest", "model"):
+    if value in ("auto", "longest", "model"):
         return
     try:
         n = int(value)
     except ValueError:
-        raise LlmclfError(f"{name} must be longest, model or a number, not {value!r}") from None
+        raise LlmclfError(f"{name} must be auto, longest, model or a number, not {value!r}") from None
     if n < 1:
         raise LlmclfError(f"{name} must be at least 1, not {n}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -398,9 +399,35 @@ def _record(state: TrainState, epoch: int, **values) -> None:
                           **values})
 
 
+@dataclass
+class LrSchedule:
+    """The learning rate of optimizer step t (1-based): a linear warm-up over the first `warmup` fraction of
+    `total` steps, then constant or a cosine/linear decay to 0 at step `total`. A function of the step alone,
+    so a resumed run (which knows its global step) continues on the same curve without extra state."""
+    peak: float
+    total: int
+    warmup: float = 0.0
+    kind: str = "constant"
+
+    def factor(self, t: int) -> float:
+        n_warm = round(self.warmup * self.total)
+        if t <= n_warm:
+            return t / n_warm
+        x = min(1.0, (t - n_warm) / max(1, self.total - n_warm))
+        return {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * x)), "linear": 1.0 - x}[self.kind]
+
+    def set(self, optimizer, t: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = self.peak * self.factor(t)
+
+
+def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
+    return -(-n_batches // grad_accum)
+
+
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                             *, grad_accum=1, class_weight=None, state=None, on_step=None, log=print, progress=True,
-                            parallel: Parallel | None = None, autocast=None):
+                            parallel: Parallel | None = None, autocast=None, schedule: LrSchedule | None = None):
     """Chapter 6's loop: AdamW steps on the cross-entropy of the pooled token's logits, an evaluation of
     train/validation loss every eval_freq steps on eval_iter batches, accuracy on eval_iter batches at
     each epoch end. Returns the book's (train_losses, val_losses, train_accs, val_accs, examples_seen);
@@ -409,7 +436,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
 
     parallel: this rank's part in a torchrun job (see Parallel); batches, evaluations and examples_seen are
     then global, the same on every rank. autocast: a context-manager factory wrapped around forwards
-    (bfloat16); backward runs outside it."""
+    (bfloat16); backward runs outside it. schedule: the learning rate of each step (else the optimizer's)."""
     from tqdm import tqdm
 
     amp = autocast or contextlib.nullcontext
@@ -432,6 +459,8 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
             bar.update(1)
             if not ends_step:
                 continue
+            if schedule:
+                schedule.set(optimizer, state.global_step + 2)  # global_step counts from -1 (the book)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.global_step += 1

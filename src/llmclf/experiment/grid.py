@@ -9,7 +9,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from ..errors import LlmclfError
-from ..options import FinetuneOptions, check_options, coerce
+from ..options import FinetuneOptions, check_options, coerce, from_recipe
 
 # Option keys that describe the run itself, not the experiment: never set from a grid.
 _RESERVED = {"out", "overwrite", "quiet", "extra"}
@@ -84,7 +84,10 @@ def build_options(defaults: dict, base: dict, row: dict, out: Path, where: str):
         if key in _ROW_META or key in ("book_row", "skip"):
             continue
         merged[key] = coerce(key, value, f"{where}: {key}")
-    return check_options(FinetuneOptions(out=str(out), overwrite=True, **merged), where)
+    recipe = merged.pop("recipe", "default")
+    if recipe == "auto":
+        raise LlmclfError(f"{where}: recipe auto is a search of its own; give each configuration as a row")
+    return check_options(from_recipe(recipe, out=str(out), overwrite=True, **merged), where)
 
 
 def plan_rows(defaults: dict, rows: list[dict], base: dict, out: Path, where_file: str) -> list[tuple]:

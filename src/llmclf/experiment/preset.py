@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..assets import fetch
 from ..errors import LlmclfError
 from ..models import MODELS
+from ..options import BOOK_RECIPE
 from ..predict import pick_device
 from ..weights.hf import download_hf
 
@@ -20,7 +21,8 @@ CPU_PRESET_MODEL = "gpt2-tiny"                 # on a CPU: see the module notes 
 # shared by both rows). The whole table is about 5 hours there; gpt2-tiny runs all of it in about 6 minutes.
 
 # The book script's defaults (additional_experiments.py): the chapter's settings, 5 epochs.
-BOOK_DEFAULTS = {"pooling": "last", "context_length": "longest", "trainable": "last_block", "batch_size": 8,
+BOOK_DEFAULTS = {**{k: v for k, v in BOOK_RECIPE.items() if k != "model"},
+                 "pooling": "last", "context_length": "longest", "trainable": "last_block", "batch_size": 8,
                  "grad_accum": 1, "lr": 5e-5, "weight_decay": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
                  "eval_freq": 50, "eval_iter": 5, "epochs": 5}
 

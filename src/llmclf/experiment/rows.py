@@ -35,7 +35,8 @@ def describe_run(opts, metrics: dict, note: str, run_dir: Path) -> dict:
     layers = (f"LoRA (r={opts.lora_rank}, alpha={opts.lora_alpha:g})" if opts.trainable == "lora"
               else opts.trainable)
     n = metrics.get("max_length")
-    ctx = {"longest": f"longest train ex. ({n})", "model": f"model context ({n})"}.get(opts.context_length, str(n))
+    ctx = {"auto": f"longest train ex., at most 256 ({n})", "longest": f"longest train ex. ({n})",
+           "model": f"model context ({n})"}.get(opts.context_length, str(n))
     if opts.pooling != "last":
         ctx += "; variable, no padding" if opts.batch_size == 1 else "; padded per batch"
     spec = MODELS.get(opts.model)
