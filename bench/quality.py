@@ -1,16 +1,14 @@
 """Quality benchmark: llmclf (through its library, what `llmclf train` runs) against TF-IDF + logistic
 regression on the same splits of several public corpora (bench/corpora.py).
 
-    python bench/quality.py --out quality.md                                   # current defaults
+    python bench/quality.py --out quality.md                                   # the defaults, 3 seeds, test
     python bench/quality.py --recipe "cand:trainable=last_two_blocks,lr=2e-4" --out q.md
     python bench/quality.py --datasets trec6,vader --seeds 123 --report val \
-        --recipe "a:lr=5e-5" --recipe "b:lr=2e-4,schedule=cosine,warmup=0.1" --out val.md
+        --recipe "a:lr=5e-5,schedule=constant,warmup=0" --recipe "b:lr=1e-3,pooling=mean" --out val.md
 
-A recipe is `NAME:key=value,...` over FinetuneOptions fields (trainable, pooling, lr, epochs, batch_size,
-context_length, weight_decay, append_eos, ...) plus two bench-only keys that prototype a learning-rate
-schedule the library lacks: `schedule=none|cosine|linear` and `warmup=FRACTION` (of all optimizer steps).
-`trainable=last_N_blocks` (N >= 3) is prototyped here too. The recipe `default` is FinetuneOptions' own
-defaults (with --model).
+A recipe is `NAME:key=value,...` over FinetuneOptions fields (trainable, pooling, lr, warmup, schedule,
+epochs, batch_size, context_length, weight_decay, append_eos, blend, ...); `trainable=last_N_blocks`
+(N >= 3) is prototyped here. The recipe `default` is FinetuneOptions' own defaults (with --model).
 
 Splits: `sms` is the book's protocol done by llmclf itself (balance by undersampling, 70/10/20, seed s;
 seed 123 is the book split). The others: a fixed subsample (seed 0, the same for every split seed),
@@ -18,7 +16,9 @@ then a stratified 70/10/20 split per seed, written to a CSV whose row order make
 (data.random_split with that seed) reproduce it, checked before training. The baseline is fitted on the
 RUN_DIR/train.csv llmclf wrote and scored on RUN_DIR/validation.csv and test.csv: exactly its split.
 
-Every row also gets a blend: p = w p_llm + (1 - w) p_tfidf, w on a 0.1 grid chosen by validation macro-F1.
+Each recipe gets two rows: "llmclf" is what `llmclf train` saves with those options (with the default
+--blend auto: p = w p_llm + (1 - w) p_tfidf, w on a 0.1 grid chosen by validation macro-F1, or the LLM alone
+when w is 1), and "LLM alone" is the fine-tuned model without the TF-IDF part.
 
 Speed: one process shares the frozen-prefix cache over recipes and seeds (an order-invariant store; a
 cache for a deeper trainable top is derived from a shallower one by running the frozen blocks between),
@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -45,8 +44,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora  # noqa: E402
 
-SUBSAMPLE = {"sms": None, "trec6": 1000, "trec50": 2000, "vader": 1000, "news": 300}
-BENCH_KEYS = ("schedule", "warmup")
+SUBSAMPLE = {"sms": None, "trec6": 2000, "trec50": 2000, "vader": 2000, "news": 600}
 
 
 # ---------------------------------------------------------------- recipes
@@ -58,7 +56,7 @@ def parse_recipe(spec: str) -> tuple[str, dict]:
     for item in filter(None, (s.strip() for s in body.split(","))):
         k, _, v = item.partition("=")
         k = k.strip().replace("-", "_")
-        if k not in FinetuneOptions.__dataclass_fields__ and k not in BENCH_KEYS:
+        if k not in FinetuneOptions.__dataclass_fields__:
             raise SystemExit(f"recipe {name}: unknown key {k!r}")
         kv[k] = _value(k, v.strip())
     return name.strip(), kv
@@ -66,8 +64,6 @@ def parse_recipe(spec: str) -> tuple[str, dict]:
 
 def _value(k, v):
     from llmclf.options import FinetuneOptions
-    if k in BENCH_KEYS:
-        return float(v) if k == "warmup" else v
     default = FinetuneOptions.__dataclass_fields__[k].default
     if isinstance(default, bool):
         return v.lower() in ("1", "true", "yes")
@@ -104,47 +100,6 @@ def enable_n_blocks():
         if getattr(m, "set_trainable", None) is original:
             m.set_trainable = set_trainable
     C._bench_n_blocks = True
-
-
-@contextlib.contextmanager
-def lr_schedule(kind: str, warmup: float, total_steps: int):
-    """Patch torch.optim.AdamW so that each step first sets lr = base * factor(step): linear warm-up over
-    `warmup` of the steps, then cosine or linear decay to 0 (kind none: constant after the warm-up)."""
-    import torch
-    if (kind in (None, "none")) and not warmup:
-        yield
-        return
-    base_cls = torch.optim.AdamW
-    n_warm = max(1, int(round(warmup * total_steps))) if warmup else 0
-
-    def factor(t):  # t = 1..total
-        if t <= n_warm:
-            return t / n_warm
-        rest = max(1, total_steps - n_warm)
-        x = min(1.0, (t - n_warm) / rest)
-        if kind == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * x))
-        if kind == "linear":
-            return 1 - x
-        return 1.0
-
-    class ScheduledAdamW(base_cls):
-        def __init__(self, params, **kw):
-            super().__init__(params, **kw)
-            self._t = 0
-            self._base = [g["lr"] for g in self.param_groups]
-
-        def step(self, closure=None):
-            self._t += 1
-            for g, b in zip(self.param_groups, self._base):
-                g["lr"] = b * factor(self._t)
-            return super().step(closure)
-
-    torch.optim.AdamW = ScheduledAdamW
-    try:
-        yield
-    finally:
-        torch.optim.AdamW = base_cls
 
 
 class Capture:
@@ -229,6 +184,9 @@ class OrderInvariantStore:
                 self.first_seconds[dk] = ref * start / s0 if ref else time.perf_counter() - t
             return [new[s] for s in seqs]
         return None
+
+    def forget_requests(self):
+        self._req.clear()
 
     def put(self, k, states):
         model, seqs, start = self._req[k]
@@ -355,6 +313,14 @@ def blend(p_llm: dict, p_tf: dict) -> dict:
             "test": scores(w * p_llm["test"] + (1 - w) * p_tf["test"][0], p_tf["test"][1])}
 
 
+def saved_scores(metrics: dict) -> dict:
+    """Accuracy and macro-F1 of what `llmclf train` saves: its blend when it saved one, else the LLM alone."""
+    b = metrics.get("blend")
+    src = b if b and b.get("saved") else metrics
+    return {s: {"acc": src[s]["accuracy"], "f1": src[s]["macro_f1"]} for s in ("validation", "test")} | {
+        "blend_weight": b["weight"] if b and b.get("saved") else None}
+
+
 # ---------------------------------------------------------------- one run
 
 def run_one(ds: str, seed: int, recipe: str, kv: dict, args, store, stats, baseline_cache, data_info):
@@ -373,22 +339,20 @@ def run_one(ds: str, seed: int, recipe: str, kv: dict, args, store, stats, basel
     cols = {"text_column": "text", "label_column": "label"}
     if ds == "sms" and corpora.SMS_FILE.is_file():  # the UCI file itself, read as `llmclf train --data-file` does:
         data_file, cols = corpora.SMS_FILE, {}      # the book's 5,572 rows, so seed 123 is the book split
-    opts_kv = {k: v for k, v in kv.items() if k not in BENCH_KEYS}
     opts = FinetuneOptions(out=str(work / recipe), model=args.model, data_file=str(data_file),
                            **cols, balance=(ds == "sms"), seed=seed,
                            overwrite=True, quiet=not args.verbose, checkpoint_every=0)
-    for k, v in opts_kv.items():
+    for k, v in kv.items():
         setattr(opts, k, v)
-    n_train = data_info["n_train"]
-    total_steps = opts.epochs * max(1, n_train // opts.batch_size)
     if str(opts.trainable).startswith("last_") and opts.trainable.endswith("_blocks") and opts.trainable != "last_two_blocks":
         enable_n_blocks()
     store.dataset = ds
     store.backbone_name = opts.model
     t0 = time.perf_counter()
-    with Capture() as cap, lr_schedule(kv.get("schedule"), kv.get("warmup", 0.0), total_steps):
+    with Capture() as cap:
         metrics = finetune(opts, cache_store=store)
     wall = time.perf_counter() - t0
+    store.forget_requests()  # they hold the run's model: ~0.5 GB a run otherwise
     if not args.keep_models:
         import shutil
         shutil.rmtree(Path(opts.out) / "model", ignore_errors=True)  # ~0.5 GB per run
@@ -414,6 +378,7 @@ def run_one(ds: str, seed: int, recipe: str, kv: dict, args, store, stats, basel
                 "validation": scores(p_llm["validation"], tva.numpy()), "test": scores(p_llm["test"], tte.numpy())},
         "tfidf": {"validation": scores(*p_tf["validation"]), "test": scores(*p_tf["test"]), "seconds": tf_seconds},
         "blend": blend(p_llm, p_tf),
+        "saved": saved_scores(metrics),
         "train_seconds": metrics["train_seconds"], "cache_seconds": metrics.get("cache_seconds"),
         "cache_reused": metrics.get("cache_reused"), "cache_start_block": start,
         "first_cache_seconds": first, "load_seconds": stats.get("load_seconds"), "job_seconds_est": round(job, 1),
@@ -436,31 +401,28 @@ def _ms(vals, pct=True):
 
 
 def table(rows: list[dict], report: str) -> str:
-    out = []
+    """Per data set: TF-IDF + LR, then per recipe what `llmclf train` saves and its LLM alone (mean ± sd over
+    seeds); `vs TF-IDF` is the saved classifier's mean macro-F1 minus TF-IDF's on the same seeds, in points."""
     by = {}
     for r in rows:
         by.setdefault(r["dataset"], {}).setdefault(r["recipe"], []).append(r)
-    test = report != "val"
-    head = "| data set | model | seeds | val macro-F1 |" + (" test macro-F1 | test acc |" if test else "") + " job s |"
-    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    split = "validation" if report == "val" else "test"
+    head = f"| data set | model | seeds | {split} macro-F1 | {split} accuracy | vs TF-IDF | job s |"
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
     for ds, recipes in by.items():
         tf = {r["seed"]: r["tfidf"] for rs in recipes.values() for r in rs}
-        tfl = [tf[s] for s in sorted(tf)]
-        line = f"| {ds} | TF-IDF + LR | {len(tfl)} | {_ms([t['validation']['f1'] for t in tfl])} |"
-        if test:
-            line += f" {_ms([t['test']['f1'] for t in tfl])} | {_ms([t['test']['acc'] for t in tfl])} |"
-        out.append(line + f" {np.mean([t['seconds'] for t in tfl]):.1f} |")
+        tfl = [tf[k][split] for k in sorted(tf)]
+        out.append(f"| {ds} | TF-IDF + LR | {len(tfl)} | {_ms([t['f1'] for t in tfl])} | "
+                   f"{_ms([t['acc'] for t in tfl])} | | {np.mean([tf[k]['seconds'] for k in tf]):.1f} |")
         for name, rs in recipes.items():
-            line = f"| {ds} | llmclf `{name}` | {len(rs)} | {_ms([r['llm']['validation']['f1'] for r in rs])} |"
-            if test:
-                line += f" {_ms([r['llm']['test']['f1'] for r in rs])} | {_ms([r['llm']['test']['acc'] for r in rs])} |"
-            out.append(line + f" {np.mean([r['job_seconds_est'] for r in rs]):.0f} |")
-            ws = ",".join(f"{r['blend']['w']:.1f}" for r in rs)
-            line = (f"| {ds} | blend `{name}` + TF-IDF (w={ws}) | {len(rs)} | "
-                    f"{_ms([r['blend']['validation']['f1'] for r in rs])} |")
-            if test:
-                line += f" {_ms([r['blend']['test']['f1'] for r in rs])} | {_ms([r['blend']['test']['acc'] for r in rs])} |"
-            out.append(line + " |")
+            saved = [r["saved"][split] if "saved" in r else r["blend"][split] for r in rs]
+            gain = (np.mean([x["f1"] for x in saved]) - np.mean([tf[r["seed"]][split]["f1"] for r in rs])) * 100
+            out.append(f"| {ds} | llmclf `{name}` | {len(rs)} | {_ms([x['f1'] for x in saved])} | "
+                       f"{_ms([x['acc'] for x in saved])} | {gain:+.2f} | "
+                       f"{np.mean([r['job_seconds_est'] for r in rs]):.0f} |")
+            alone = [r["llm"][split] for r in rs]
+            out.append(f"| {ds} | &nbsp; LLM alone | {len(rs)} | {_ms([x['f1'] for x in alone])} | "
+                       f"{_ms([x['acc'] for x in alone])} | | |")
     return "\n".join(out)
 
 
@@ -475,7 +437,7 @@ def describe(data: dict) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="sms,trec6,vader,news", help=f"comma list of {', '.join(corpora.LOADERS)}")
+    ap.add_argument("--datasets", default="sms,trec6,trec50,vader,news", help=f"comma list of {', '.join(corpora.LOADERS)}")
     ap.add_argument("--seeds", default="123,124,125")
     ap.add_argument("--model", default="smollm2-135m-instruct-q4")
     ap.add_argument("--recipe", action="append", help="NAME:key=value,... (repeatable); default: 'default'")
@@ -486,7 +448,13 @@ def main(argv=None):
     ap.add_argument("--work", default="/tmp/quality/runs")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--keep-models", action="store_true", help="keep RUN_DIR/model (0.5 GB a run)")
+    ap.add_argument("--from-raw", nargs="+", metavar="JSONL", help="only rebuild the table from earlier --raw rows")
     args = ap.parse_args(argv)
+    if args.from_raw:
+        rows = [json.loads(line) for f in args.from_raw for line in open(f) if line.strip()]
+        Path(args.out).write_text(f"# llmclf quality benchmark, from {', '.join(args.from_raw)}\n\n"
+                                  + table(rows, args.report) + "\n")
+        return
 
     import torch
     torch.set_num_threads(int(os.environ.get("LLMCLF_BENCH_THREADS", torch.get_num_threads())))
@@ -522,9 +490,10 @@ def main(argv=None):
                     rows.append(row)
                     with open(args.raw, "a") as f:
                         f.write(json.dumps(row) + "\n")
-                    print(f"{ds} seed {seed} {name}: val F1 {row['llm']['validation']['f1']:.4f} "
-                          f"(tfidf {row['tfidf']['validation']['f1']:.4f}, blend {row['blend']['validation']['f1']:.4f} "
-                          f"w={row['blend']['w']}) job~{row['job_seconds_est']}s wall {row['wall_seconds']}s "
+                    print(f"{ds} seed {seed} {name}: val macro-F1 saved {row['saved']['validation']['f1']:.4f} "
+                          f"(w={row['saved']['blend_weight']}; LLM alone {row['llm']['validation']['f1']:.4f}, "
+                          f"tfidf {row['tfidf']['validation']['f1']:.4f}) job~{row['job_seconds_est']}s "
+                          f"wall {row['wall_seconds']}s "
                           f"load {row['loadavg']:.1f}", file=sys.stderr, flush=True)
             bb, tok, _ = _BACKBONES[(args.model, "pretrained", None)]
             lens = [len(e) for e in tok.encode_batch(list(used["text"]), 8192)]
@@ -538,7 +507,8 @@ def main(argv=None):
           table(rows, args.report), ""]
     if "sms" in described and 123 in seeds and args.report == "test":
         md.append("SMS book split (balanced, 70/10/20, seed 123) test accuracy: " + "; ".join(
-            f"`{r['recipe']}` {r['llm']['test']['acc'] * 100:.2f}%" for r in rows if r["dataset"] == "sms" and r["seed"] == 123))
+            f"`{r['recipe']}` {r['saved']['test']['acc'] * 100:.2f}% (LLM alone {r['llm']['test']['acc'] * 100:.2f}%)"
+            for r in rows if r["dataset"] == "sms" and r["seed"] == 123))
     text = "\n".join(md) + "\n"
     Path(args.out).write_text(text)
     print(text)
