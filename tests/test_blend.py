@@ -211,7 +211,7 @@ def test_bad_blend_values_are_one_line_errors(tmp_path):
         check_options(FinetuneOptions(out="x", blend="bogus"))
     with pytest.raises(LlmclfError, match=r"--blend tfidf chooses its weight on the validation split"):
         check_options(FinetuneOptions(out="x", blend="tfidf", split=(0.8, 0.0)))
-    assert check_options(FinetuneOptions(out="x")).blend == "off"  # the default until a benchmark says otherwise
+    assert check_options(FinetuneOptions(out="x")).blend == "auto"  # the default since bench/quality.py's search
 
 
 def test_experiment_grids_accept_blend(tmp_path, punctuation_csv):

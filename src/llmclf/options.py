@@ -48,12 +48,13 @@ class FinetuneOptions:
                        metavar=("TRAIN", "VAL"))
     seed: int = opt(123, "seed of the split, the head's initialisation and the data order")
     # model
-    model: str = opt("gpt2-small", "named model (see `llmclf download --list`) or a local directory")
+    model: str = opt("smollm2-135m-instruct-q4", "named model (see `llmclf download --list`) or a local directory")
     weights: str = opt("pretrained", "pretrained weights, or random ones (no download)")
     tokenizer_dir: str | None = opt(None, "directory holding GPT-2's vocab.bpe and encoder.json (offline use)")
-    context_length: str = opt("longest", f"tokens kept per text: auto (the longest training text, at most {AUTO_CONTEXT}: "
+    context_length: str = opt("auto", f"tokens kept per text: auto (the longest training text, at most {AUTO_CONTEXT}: "
                               "bounds what long documents cost) | longest (training set) | model | N")
-    pooling: str = opt("last_nonpad", "which token's output the head reads")
+    pooling: str = opt("mean", "what the head reads: the mean over a text's tokens, or one token's output "
+                       "(last_nonpad: the last real token)")
     append_eos: bool = opt(False, "end every text with the model's end-of-text token (pooled there with last_nonpad)")
     trainable: str = opt("last_block", "what trains besides the head")
     lora_rank: int = opt(8, "LoRA rank (--trainable lora)")
@@ -64,9 +65,9 @@ class FinetuneOptions:
     batch_size: int = opt(8, "examples per optimizer step; under torchrun the global batch, split evenly over the "
                           "processes (must be a multiple of their number)")
     grad_accum: int = opt(1, "micro-batches per optimizer step (the loss is averaged over the step's examples)")
-    lr: float = opt(5e-5, "AdamW learning rate (the peak, with --warmup or --schedule)")
-    warmup: float = opt(0.0, "fraction of the optimizer steps over which the learning rate rises linearly from 0")
-    schedule: str = opt("constant", "learning rate after the warm-up: constant, or cosine or linear decay to 0 at "
+    lr: float = opt(1e-3, "AdamW learning rate (the peak, with --warmup or --schedule)")
+    warmup: float = opt(0.1, "fraction of the optimizer steps over which the learning rate rises linearly from 0")
+    schedule: str = opt("cosine", "learning rate after the warm-up: constant, or cosine or linear decay to 0 at "
                         "the last step")
     weight_decay: float = opt(0.1, "AdamW weight decay")
     eval_freq: int = opt(50, "evaluate every N optimizer steps")
@@ -86,7 +87,7 @@ class FinetuneOptions:
     baseline: bool = opt(True, "also fit TF-IDF + logistic regression on the same split (seconds) and report it "
                          "beside the run", negate="--no-baseline")
     # Defaults (model, context, schedule, lr, blend) chosen on the validation splits of bench/quality.py (README: Quality).
-    blend: str = opt("off", "off | tfidf: save p = w p_llm + (1 - w) p_tfidf (TF-IDF + logistic regression fitted "
+    blend: str = opt("auto", "off | tfidf: save p = w p_llm + (1 - w) p_tfidf (TF-IDF + logistic regression fitted "
                      "on the training split, w in 0, 0.1, ..., 1 chosen by validation macro-F1) as the classifier "
                      "| auto: the same, but the LLM alone when w comes out 1")
     # the run

@@ -32,7 +32,7 @@ CANDIDATES = {
     "default": {},
     "lr_x3": {"lr_scale": 3.0},
     "lr_div3": {"lr_scale": 1 / 3},
-    "mean_pooling": {"pooling": "mean"},
+    "last_token": {"pooling": "last_nonpad"},
     "epochs_x2": {"epochs_scale": 2},
 }
 
