@@ -71,7 +71,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="llmclf-bench-dist-"))
     data = workdir / "subset.csv"
     read_table(SMS).iloc[: a.rows].to_csv(data, index=False)
-    args = ["--model", a.model, "--weights", "random", "--trainable", "all", "--no-cache", "--epochs", "1",
+    args = ["--recipe", "book", "--model", a.model, "--weights", "random", "--trainable", "all", "--no-cache", "--epochs", "1",
             "--batch-size", str(a.batch_size), "--eval-freq", "100000", "--eval-iter", "1",
             "--checkpoint-every", "0", "--data-file", str(data), "--tokenizer-dir", str(BPE_DIR)]
     configs = [("1 process x 1 thread", 1, 1), (f"1 process x {a.procs} threads", 1, a.procs),

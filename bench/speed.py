@@ -101,10 +101,11 @@ def worker_book_train(epochs: int) -> None:
 
 
 def worker_llmclf_train(epochs: int, model: str, run_dir: str) -> None:
-    from llmclf.finetune import FinetuneOptions, finetune
-    m = finetune(FinetuneOptions(out=run_dir, model=model, weights="random" if model.startswith("gpt2") else "pretrained",
-                                 data_file=str(SMS), tokenizer_dir=str(BPE_DIR), epochs=epochs, overwrite=True,
-                                 quiet=True))
+    from llmclf.finetune import finetune
+    from llmclf.options import from_recipe
+    # the book's recipe on both sides: the same work, so the times compare
+    m = finetune(from_recipe("book", out=run_dir, model=model, weights="random" if model.startswith("gpt2") else "pretrained",
+                             data_file=str(SMS), tokenizer_dir=str(BPE_DIR), epochs=epochs, overwrite=True, quiet=True))
     emit({"seconds": m["train_seconds"], "cache_seconds": m.get("cache_seconds"),
           **{f"{s}_accuracy": m[s]["accuracy"] for s in ("train", "validation", "test")}})
 

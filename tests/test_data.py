@@ -146,3 +146,64 @@ def test_with_max_length_equals_a_freshly_tokenized_dataset(append_eos):
         assert got.encoded == want.encoded and got.max_length == want.max_length == n
         assert got.targets == want.targets
     assert longest.with_max_length(3).encoded[1][-1] == (50256 if append_eos else longest.encoded[1][2])
+
+
+# ---------------------------------------------------------------- splits given as files of their own
+
+def _labelled(n, offset=0):
+    return pd.DataFrame({"text": [f"message number {i + offset} {'win cash' if i % 2 else 'see you'}" for i in range(n)],
+                         "label": ["spam" if i % 2 else "ham" for i in range(n)]})
+
+
+def test_given_splits_are_used_as_they_are_and_a_missing_one_is_carved_from_training(tmp_path):
+    from llmclf.data import load_data
+    from llmclf.options import FinetuneOptions
+    _labelled(100).to_parquet(tmp_path / "train.parquet")  # written by pandas through pyarrow
+    _labelled(30, offset=1000).to_csv(tmp_path / "val.csv", index=False)
+    data = load_data(FinetuneOptions(out="x", train_file=str(tmp_path / "train.parquet"),
+                                     validation_file=str(tmp_path / "val.csv"), balance=False))
+    assert list(data.validation["text"]) == list(_labelled(30, offset=1000)["text"])
+    # test: its --split share (1 - 0.7 - 0.1 = 20%) of the training file; the rest trains
+    assert (len(data.train), len(data.test)) == (80, 20)
+    assert sorted(pd.concat([data.train, data.test])["text"]) == sorted(_labelled(100)["text"])
+    assert "validation " + str(tmp_path / "val.csv") in data.source and "test carved from it" in data.source
+    both = load_data(FinetuneOptions(out="x", train_file=str(tmp_path / "train.parquet"), balance=False,
+                                     validation_file=str(tmp_path / "val.csv"), test_file=str(tmp_path / "val.csv")))
+    assert len(both.train) == 100 and len(both.test) == 30  # nothing carved: the whole file trains
+
+
+def test_train_command_writes_the_given_splits(tmp_path):
+    from conftest import GPT2_TOKENIZER_DIR, run_cli
+    _labelled(60).to_csv(tmp_path / "train.csv", index=False)
+    _labelled(20, offset=500).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--tokenizer-dir", GPT2_TOKENIZER_DIR,
+                "--epochs", "1", "--train-file", tmp_path / "train.csv", "--test-file", tmp_path / "test.jsonl",
+                "--no-balance", "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    written = {s: pd.read_csv(out / f"{s}.csv") for s in ("train", "validation", "test")}
+    assert list(written["test"]["text"]) == list(_labelled(20, offset=500)["text"])
+    assert (len(written["train"]), len(written["validation"])) == (54, 6)  # validation: 10% of training
+    assert json.loads((out / "metrics.json").read_text())["test"]["num_examples"] == 20
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--data-file", "{d}/train.csv"], "--train-file and --data-file both name the training data"),
+    (["--validation-file", "{d}/odd.csv"], "labels ['maybe'] are not in the training data (ham, spam)"),
+])
+def test_given_split_errors_are_one_line_and_write_nothing(tmp_path, extra, fragment):
+    from conftest import run_cli
+    _labelled(40).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"text": ["perhaps", "who knows"], "label": ["maybe", "ham"]}).to_csv(tmp_path / "odd.csv", index=False)
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--train-file", tmp_path / "train.csv",
+                *[x.format(d=tmp_path) for x in extra], "--out", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert fragment in r.stderr.strip().splitlines()[-1]
+    assert not out.exists()
+
+
+def test_validation_file_alone_is_refused():
+    from llmclf.options import FinetuneOptions, check_options
+    with pytest.raises(LlmclfError, match="--test-file needs the training data as a file too: --train-file FILE"):
+        check_options(FinetuneOptions(out="x", test_file="t.csv"))

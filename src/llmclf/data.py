@@ -110,11 +110,13 @@ def _tsv_quoting(content: str, path: Path) -> int:
 
 
 def read_frame(path: Path, header: int | None = 0) -> tuple[pd.DataFrame, str]:
-    """A CSV (.csv), JSON lines (.jsonl/.ndjson), JSON (.json) or TSV (anything else) file as a DataFrame with
-    every column it has (empty cells as NaN; row `header` as column names, None: no header), plus its decoded
-    text; or one clear error."""
-    content = _decode(path)
+    """A CSV (.csv), JSON lines (.jsonl/.ndjson), JSON (.json), Parquet (.parquet) or TSV (anything else) file
+    as a DataFrame with every column it has (empty cells as NaN; row `header` as column names, None: no
+    header), plus its decoded text (empty for Parquet); or one clear error."""
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _read_parquet(path), ""
+    content = _decode(path)
     try:
         with _library_warnings_as_lines(path):
             if suffix in (".jsonl", ".json", ".ndjson"):
@@ -125,6 +127,16 @@ def read_frame(path: Path, header: int | None = 0) -> tuple[pd.DataFrame, str]:
                                keep_default_na=False, na_values=[""]), content
     except (ValueError, pd.errors.ParserError) as e:
         raise LlmclfError(f"{path}: cannot parse as {suffix or 'TSV'} ({str(e).splitlines()[0][:120]})") from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file (pyarrow) as a DataFrame, or one clear error."""
+    if not path.is_file():
+        raise LlmclfError(f"{path}: no such file")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, ImportError) as e:
+        raise LlmclfError(f"{path}: cannot read as Parquet ({str(e).splitlines()[0][:120]})") from None
 
 
 # ---------------------------------------------------------------- which row is a header, which column is what
@@ -221,9 +233,9 @@ def read_table(path, text_column: str | None = None, label_column: str | None = 
     headerless UCI SMSSpamCollection reads as label<TAB>text, 5,572 rows as in the book.
     """
     path = Path(path)
-    is_json = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
-    df, _ = read_frame(path, header=0 if is_json else None)
-    if not is_json and len(df):
+    self_named = path.suffix.lower() in (".jsonl", ".json", ".ndjson", ".parquet")  # columns carry their names
+    df, _ = read_frame(path, header=0 if self_named else None)
+    if not self_named and len(df):
         named = text_column is not None or label_column is not None
         df = _apply_header(df, named or len(df) < 2 or _has_header(df, path.suffix.lower() != ".csv"))
     if df.empty or df.shape[1] < 2:
@@ -370,18 +382,21 @@ def _refuse_tiny_classes(counts: dict, need: int, source: str) -> None:
                           f"{COLUMN_HINT}, or drop that class")
 
 
-def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7, 0.1), seed: int = 123) -> PreparedData:
+def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7, 0.1), seed: int = 123,
+                 need_test: bool = True) -> PreparedData:
+    """Balance (if asked) and split at random; `need_test` False: the test split is the user's own file."""
     counts = {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
     if len(counts) < 2:
         raise LlmclfError(f"{source}: need at least two classes, found {len(counts)} ({', '.join(counts)})")
     train_frac, val_frac = split
-    if not (0 < train_frac < 1 and 0 <= val_frac < 1 and train_frac + val_frac < 1):
+    if not (0 < train_frac <= 1 and 0 <= val_frac < 1 and train_frac + val_frac <= 1 + 1e-9
+            and (train_frac + val_frac < 1 or not need_test)):
         raise LlmclfError(f"--split {train_frac} {val_frac}: need 0 < train < 1, 0 <= validation, train + validation < 1")
-    _refuse_tiny_classes(counts, 2 + (val_frac > 0), source)
+    _refuse_tiny_classes(counts, 1 + need_test + (val_frac > 0), source)
     if balance:
         df = create_balanced_dataset(df, seed)
     train, val, test = random_split(df, train_frac, val_frac, seed)
-    if len(train) < 2 or len(test) < 1:
+    if len(train) < 2 or (need_test and len(test) < 1):
         raise LlmclfError(f"{source}: too few rows ({len(df)}) for a train/validation/test split")
     labels = label_names(df)
     _refuse_tiny_classes({k: int((train["label"] == k).sum()) for k in labels}, 1, f"{source} (training split)")
@@ -389,12 +404,39 @@ def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7
 
 
 def load_data(opts):
-    """The labelled data of a run's options (their data_file, or the built-in SMS set), balanced and split."""
-    if opts.data_file is not None:
-        df, source = read_table(opts.data_file, opts.text_column, opts.label_column), str(opts.data_file)
-    else:
+    """The labelled data of a run's options (their data_file or train_file, or the built-in SMS set), balanced
+    and split; a split the user gave as a file of its own (validation_file, test_file) is used as it is."""
+    path = opts.train_file or opts.data_file
+    if path is None:
         df, source = load_sms_spam()
-    return prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed)
+    else:
+        df, source = read_table(path, opts.text_column, opts.label_column), str(path)
+    given = {s: getattr(opts, f"{s}_file") for s in ("validation", "test") if getattr(opts, f"{s}_file")}
+    if not given:
+        return prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed)
+    frames = {s: read_table(f, opts.text_column, opts.label_column) for s, f in given.items()}
+    return prepare_given_splits(df, frames, source, given, opts.balance, tuple(opts.split), opts.seed)
+
+
+def prepare_given_splits(df: pd.DataFrame, frames: dict, source: str, files: dict, balance: bool, split,
+                         seed: int) -> PreparedData:
+    """The training data balanced (if asked) and the splits without a file of their own carved from it, each
+    by its own --split fraction (validation: the second, test: the rest); the given splits as they are."""
+    train_frac, val_frac = split
+    carve_val = 0.0 if "validation" in frames else val_frac
+    carve_test = 0.0 if "test" in frames else 1.0 - train_frac - val_frac
+    base = prepare_data(df, source, balance, (1.0 - carve_val - carve_test, carve_val), seed,
+                        need_test=carve_test > 0)
+    carved = {"validation": base.validation, "test": base.test}
+    for split_name, frame in frames.items():
+        unknown = sorted(set(frame["label"]) - set(base.labels))
+        if unknown:
+            raise LlmclfError(f"{files[split_name]}: labels {unknown[:5]} are not in the training data "
+                              f"({', '.join(base.labels)})")
+        carved[split_name] = frame
+    where = "; ".join(f"{s} {files[s]}" if s in files else f"{s} carved from it" for s in ("validation", "test"))
+    return PreparedData(base.train, carved["validation"], carved["test"], base.labels, f"{source} ({where})",
+                        base.class_counts)
 
 
 # ---------------------------------------------------------------- tokens and batches

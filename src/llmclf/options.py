@@ -41,6 +41,11 @@ class FinetuneOptions:
     # data
     dataset: str = opt("sms-spam", "built-in dataset")
     data_file: str | None = opt(None, "your own CSV, TSV or JSON(L) file (or the UCI SMSSpamCollection file)")
+    train_file: str | None = opt(None, "your training split as a file of its own (instead of --data-file)")
+    validation_file: str | None = opt(None, "your validation split as a file (else carved from the training data by "
+                                      "its --split fraction)")
+    test_file: str | None = opt(None, "your test split as a file (else carved from the training data: the rest "
+                                "after --split's two fractions)")
     text_column: str | None = opt(None, "text column (default: text/message/sms/... or judged by content)")
     label_column: str | None = opt(None, "label column (default: label/class/category/... or judged by content)")
     balance: bool = opt(True, "undersample to the smallest class, as the book does", switch=True)
@@ -172,7 +177,8 @@ def coerce(key: str, value, name: str):
     return value
 
 
-DATA_KEYS = ("dataset", "data_file", "text_column", "label_column", "balance", "split", "seed")
+DATA_KEYS = ("dataset", "data_file", "train_file", "validation_file", "test_file", "text_column", "label_column",
+             "balance", "split", "seed")
 MODEL_KEYS = ("model", "weights", "tokenizer_dir")
 
 
@@ -227,6 +233,11 @@ def _check_context_length(value: str, name: str) -> None:
 
 
 def _check_combinations(opts: FinetuneOptions, name) -> None:
+    if opts.train_file and opts.data_file:
+        raise LlmclfError(f"{name('train_file')} and {name('data_file')} both name the training data: give one")
+    for key in ("validation_file", "test_file"):
+        if getattr(opts, key) and not (opts.train_file or opts.data_file):
+            raise LlmclfError(f"{name(key)} needs the training data as a file too: {name('train_file')} FILE")
     if opts.fsdp and opts.trainable != "all":
         raise LlmclfError(f"{name('fsdp')} needs trainable all (smaller trainable sets fit without sharding)")
     if opts.dtype == "bfloat16" and opts.device == "mps":
