@@ -158,16 +158,16 @@ def _labelled(n, offset=0):
 def test_given_splits_are_used_as_they_are_and_a_missing_one_is_carved_from_training(tmp_path):
     from llmclf.data import load_data
     from llmclf.options import FinetuneOptions
-    _labelled(100).to_parquet(tmp_path / "train.parquet")  # written by pandas through pyarrow
+    _labelled(100).to_csv(tmp_path / "train.tsv", sep="\t", index=False)
     _labelled(30, offset=1000).to_csv(tmp_path / "val.csv", index=False)
-    data = load_data(FinetuneOptions(out="x", train_file=str(tmp_path / "train.parquet"),
+    data = load_data(FinetuneOptions(out="x", train_file=str(tmp_path / "train.tsv"),
                                      validation_file=str(tmp_path / "val.csv"), balance=False))
     assert list(data.validation["text"]) == list(_labelled(30, offset=1000)["text"])
     # test: its --split share (1 - 0.7 - 0.1 = 20%) of the training file; the rest trains
     assert (len(data.train), len(data.test)) == (80, 20)
     assert sorted(pd.concat([data.train, data.test])["text"]) == sorted(_labelled(100)["text"])
     assert "validation " + str(tmp_path / "val.csv") in data.source and "test carved from it" in data.source
-    both = load_data(FinetuneOptions(out="x", train_file=str(tmp_path / "train.parquet"), balance=False,
+    both = load_data(FinetuneOptions(out="x", train_file=str(tmp_path / "train.tsv"), balance=False,
                                      validation_file=str(tmp_path / "val.csv"), test_file=str(tmp_path / "val.csv")))
     assert len(both.train) == 100 and len(both.test) == 30  # nothing carved: the whole file trains
 

@@ -110,12 +110,10 @@ def _tsv_quoting(content: str, path: Path) -> int:
 
 
 def read_frame(path: Path, header: int | None = 0) -> tuple[pd.DataFrame, str]:
-    """A CSV (.csv), JSON lines (.jsonl/.ndjson), JSON (.json), Parquet (.parquet) or TSV (anything else) file
-    as a DataFrame with every column it has (empty cells as NaN; row `header` as column names, None: no
-    header), plus its decoded text (empty for Parquet); or one clear error."""
+    """A CSV (.csv), JSON lines (.jsonl/.ndjson), JSON (.json) or TSV (anything else) file as a DataFrame with
+    every column it has (empty cells as NaN; row `header` as column names, None: no header), plus its decoded
+    text; or one clear error."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _read_parquet(path), ""
     content = _decode(path)
     try:
         with _library_warnings_as_lines(path):
@@ -127,16 +125,6 @@ def read_frame(path: Path, header: int | None = 0) -> tuple[pd.DataFrame, str]:
                                keep_default_na=False, na_values=[""]), content
     except (ValueError, pd.errors.ParserError) as e:
         raise LlmclfError(f"{path}: cannot parse as {suffix or 'TSV'} ({str(e).splitlines()[0][:120]})") from None
-
-
-def _read_parquet(path: Path) -> pd.DataFrame:
-    """A Parquet file (pyarrow) as a DataFrame, or one clear error."""
-    if not path.is_file():
-        raise LlmclfError(f"{path}: no such file")
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError, ImportError) as e:
-        raise LlmclfError(f"{path}: cannot read as Parquet ({str(e).splitlines()[0][:120]})") from None
 
 
 # ---------------------------------------------------------------- which row is a header, which column is what
@@ -233,7 +221,7 @@ def read_table(path, text_column: str | None = None, label_column: str | None = 
     headerless UCI SMSSpamCollection reads as label<TAB>text, 5,572 rows as in the book.
     """
     path = Path(path)
-    self_named = path.suffix.lower() in (".jsonl", ".json", ".ndjson", ".parquet")  # columns carry their names
+    self_named = path.suffix.lower() in (".jsonl", ".json", ".ndjson")  # columns carry their names
     df, _ = read_frame(path, header=0 if self_named else None)
     if not self_named and len(df):
         named = text_column is not None or label_column is not None
