@@ -38,6 +38,7 @@ def blend_run(tmp_path_factory, sms_file):
     r = run_cli(*TRAIN, "--data-file", sms_file, "--blend", "tfidf", "--out", out, env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1].startswith("blend w=")  # the last line: the blend's test accuracy
+    assert r.stdout.strip().splitlines()[0].endswith("(the LLM alone)")  # the first: not what was saved
     return out
 
 

@@ -177,8 +177,9 @@ def cmd_train(a) -> int:
     if not distributed.is_main():
         return 0
     t = metrics["test"]
+    blended = bool(metrics.get("blend", {}).get("saved"))  # then the saved classifier is the blend, said last
     print(f"test accuracy {t['accuracy']:.4f}  f1 {t['f1']:.4f}  loss {t['loss']:.4f}  "
-          f"train_seconds {metrics['train_seconds']:.1f}  run {a.out}")
+          f"train_seconds {metrics['train_seconds']:.1f}  run {a.out}" + ("  (the LLM alone)" if blended else ""))
     base = metrics.get("baseline")
     if base:
         verdict = "  -- it beats this run on validation" if base["wins_on_validation"] else ""
