@@ -55,3 +55,20 @@ def test_no_baseline_leaves_it_out(tmp_path, sms_file):
     assert r.returncode == 0, r.stderr
     assert "baseline" not in json.loads((out / "metrics.json").read_text())
     assert "TF-IDF" not in r.stdout + r.stderr
+
+
+def test_when_a_blend_is_saved_the_verdict_is_about_the_llm_alone(tmp_path, sms_file):
+    """TF-IDF beating the tiny random LLM is not TF-IDF beating the saved classifier (the blend weighs both)."""
+    import json
+
+    from conftest import GPT2_TOKENIZER_DIR, run_cli
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--blend", "tfidf",
+                "--data-file", sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out,
+                env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "metrics.json").read_text())["baseline"]["wins_on_validation"]
+    line = next(x for x in r.stdout.splitlines() if x.startswith("baseline "))
+    assert line.endswith("-- it beats the LLM alone on validation")
+    assert "beats the LLM alone on validation; the blend below weighs the two on it" in r.stderr
+    assert "the better classifier" not in r.stderr

@@ -182,7 +182,8 @@ def cmd_train(a) -> int:
           f"train_seconds {metrics['train_seconds']:.1f}  run {a.out}" + ("  (the LLM alone)" if blended else ""))
     base = metrics.get("baseline")
     if base:
-        verdict = "  -- it beats this run on validation" if base["wins_on_validation"] else ""
+        verdict = ("" if not base["wins_on_validation"] else "  -- it beats the LLM alone on validation" if blended
+                   else "  -- it beats this run on validation")
         print(f"baseline {base['model']}: test accuracy {base['test']['accuracy']:.4f}  f1 {base['test']['f1']:.4f}"
               f"{verdict}")
     blend = metrics.get("blend")

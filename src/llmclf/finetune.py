@@ -366,9 +366,11 @@ def compare_with_baseline(job: Job, metrics: dict, base: dict) -> dict:
     base["wins_on_validation"] = bool(theirs is not None and ours is not None and theirs > ours)
     job.log(f"baseline {base['model']} on the same split: validation macro-F1 {theirs:.4f} (this run {ours:.4f}), "
             f"test accuracy {base['test']['accuracy'] * 100:.2f}% (this run {metrics['test']['accuracy'] * 100:.2f}%)")
-    if base["wins_on_validation"]:
+    if base["wins_on_validation"] and job.opts.blend != "off":
+        job.log(f"note: {base['model']} beats the LLM alone on validation; the blend below weighs the two on it")
+    elif base["wins_on_validation"]:
         job.log(f"note: {base['model']} beats this run on validation; for this data it is the better classifier "
-                "until a recipe beats it (see `llmclf experiment`)")
+                "until a recipe beats it (see `llmclf experiment`, `--recipe auto`, `--blend auto`)")
     return base
 
 
