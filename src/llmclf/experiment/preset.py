@@ -22,9 +22,8 @@ CPU_PRESET_MODEL = "gpt2-tiny"                 # on a CPU: see the module notes 
 
 # The book script's defaults (additional_experiments.py): the chapter's settings, 5 epochs.
 BOOK_DEFAULTS = {**{k: v for k, v in BOOK_RECIPE.items() if k != "model"},
-                 "pooling": "last", "context_length": "longest", "trainable": "last_block", "batch_size": 8,
-                 "grad_accum": 1, "lr": 5e-5, "weight_decay": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
-                 "eval_freq": 50, "eval_iter": 5, "epochs": 5}
+                 "pooling": "last", "grad_accum": 1, "lora_rank": 16, "lora_alpha": 16.0, "eval_freq": 50,
+                 "eval_iter": 5}
 
 _LARGER = "needs pretrained {m} weights, which are not available offline (Hugging Face hub); with random " \
           "weights the row would not measure what the book measures, and on a CPU it would take hours"

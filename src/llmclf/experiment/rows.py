@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..models import MODELS
 from ..report import read_results
+from ..options import AUTO_CONTEXT
 
 _TOKENS = {"last": "last", "last_nonpad": "last non-pad", "first": "first", "mean": "mean of all"}
 
@@ -35,7 +36,7 @@ def describe_run(opts, metrics: dict, note: str, run_dir: Path) -> dict:
     layers = (f"LoRA (r={opts.lora_rank}, alpha={opts.lora_alpha:g})" if opts.trainable == "lora"
               else opts.trainable)
     n = metrics.get("max_length")
-    ctx = {"auto": f"longest train ex., at most 256 ({n})", "longest": f"longest train ex. ({n})",
+    ctx = {"auto": f"longest train ex., at most {AUTO_CONTEXT} ({n})", "longest": f"longest train ex. ({n})",
            "model": f"model context ({n})"}.get(opts.context_length, str(n))
     if opts.pooling != "last":
         ctx += "; variable, no padding" if opts.batch_size == 1 else "; padded per batch"
