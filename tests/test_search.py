@@ -63,3 +63,14 @@ def test_auto_with_a_bad_input_leaves_nothing(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("llmclf: error: ") and "two classes" in r.stderr
     assert not out.exists()
+
+
+def test_auto_refuses_torchrun_before_writing(tmp_path, monkeypatch):
+    from llmclf.errors import LlmclfError
+    from llmclf.options import FinetuneOptions
+    from llmclf.search import auto_recipe
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets for two processes
+    out = tmp_path / "run"
+    with pytest.raises(LlmclfError, match="--recipe auto runs in one process"):
+        auto_recipe(FinetuneOptions(out=str(out), recipe="auto", model="gpt2-tiny", weights="random"))
+    assert not out.exists()
