@@ -42,3 +42,22 @@ def test_first_token_pooling_reads_position_zero_and_causal_flag_controls_attent
         assert not torch.allclose(full(ids), full(other), atol=1e-6)  # without the mask it sees later tokens
         last = _tiny(pooling="last_nonpad").eval()
         assert not torch.allclose(last(ids), last(other), atol=1e-6)  # the last token does see them
+
+
+def test_mean_last_pooling_reads_the_mean_and_the_last_real_token_each_normed_alone():
+    model = _tiny(pooling="mean_last").eval()
+    bb, d = model.backbone, model.backbone.cfg.emb_dim
+    assert bb.out_head.in_features == 2 * d
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    lengths = torch.tensor([4, 2])
+    with torch.no_grad():
+        x = bb.run_blocks(bb.embed(ids), Attend.full(lengths, True))
+        rows = []
+        for i, n in enumerate(lengths.tolist()):
+            mean, last = x[i, :n].mean(0), x[i, n - 1]
+            rows.append(torch.cat([bb.final_norm(mean), bb.final_norm(last)]))
+        want = bb.out_head(torch.stack(rows))
+        torch.testing.assert_close(model(ids, lengths), want, atol=1e-5, rtol=0)
+        # padding beyond a row's length changes nothing
+        padded = torch.tensor([[5, 6, 7, 8], [9, 10, 77, 78]])
+        torch.testing.assert_close(model(padded, lengths), want, atol=1e-5, rtol=0)

@@ -8,7 +8,9 @@ Pooling (the position whose hidden state is classified):
 - last_nonpad: the last real token of each text (default; padding never changes a prediction);
 - last: the last position of the sequence padded to a fixed length, exactly the book's setting;
 - first: position 0 (with the causal mask it sees only the first token);
-- mean: the mean over real tokens.
+- mean: the mean over real tokens;
+- mean_last: the mean and the last real token side by side (the head reads 2 x emb_dim): the mean
+  carries what the whole text is about, the last token what the model concluded having read it all.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn as nn
 
 from .models.common import Attend, gather_positions
 
-POOLINGS = ("last_nonpad", "last", "first", "mean")
+POOLINGS = ("last_nonpad", "last", "first", "mean", "mean_last")
 TRAINABLE = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 
 
@@ -29,30 +31,33 @@ class TextClassifier(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}")
         self.backbone = backbone
         self.pooling, self.causal, self.num_classes = pooling, causal, num_classes
-        backbone.out_head = nn.Linear(backbone.cfg.emb_dim, num_classes)  # the class head
+        width = backbone.cfg.emb_dim * (2 if pooling == "mean_last" else 1)
+        backbone.out_head = nn.Linear(width, num_classes)  # the class head
 
     @property
     def blocks(self):
         return self.backbone.trf_blocks
 
     def pool_positions(self, lengths: torch.Tensor) -> torch.Tensor | None:
-        """Index of the pooled token per row, or None for mean pooling."""
+        """Index of the pooled token per row, or None when every position is read (mean, mean_last)."""
         if self.pooling == "first":
             return torch.zeros_like(lengths)
-        if self.pooling == "mean":
+        if self.pooling in ("mean", "mean_last"):
             return None
         return lengths - 1  # last real token; in "last" mode every row is full length, so T - 1
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Final norm and class head on pooled hidden states (both act per position, so pooling first is exact)."""
-        return self.backbone.out_head(self.backbone.final_norm(pooled))
+        """Final norm and class head on pooled hidden states (B, k * D): the norm acts on each of the k
+        pooled vectors alone, as it acts per position in the language model."""
+        normed = self.backbone.final_norm(pooled.unflatten(-1, (-1, self.backbone.cfg.emb_dim)))
+        return self.backbone.out_head(normed.flatten(-2))
 
     def from_hidden(self, x: torch.Tensor, lengths: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Class logits from the hidden states x (B, T, D) entering block `start` (the frozen-prefix cache
         enters here)."""
         pos, n, bb = self.pool_positions(lengths), len(self.blocks), self.backbone
         full = Attend.full(lengths, self.causal)
-        if pos is None or start == n:  # mean pooling reads every position of the last block (or none is left)
+        if pos is None or start == n:  # mean poolings read every position of the last block (or none is left)
             return self.head(self.pool(bb.run_blocks(x, full, start), lengths))
         x = bb.run_blocks(x, full, start, n - 1)
         # Only the pooled position of the last block is ever used, so compute just that query.
@@ -64,7 +69,10 @@ class TextClassifier(nn.Module):
         if pos is not None:
             return gather_positions(x, pos)[:, 0]
         mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(-1).to(x.dtype)
-        return (x * mask).sum(1) / lengths[:, None].to(x.dtype)
+        mean = (x * mask).sum(1) / lengths[:, None].to(x.dtype)
+        if self.pooling == "mean":
+            return mean
+        return torch.cat([mean, gather_positions(x, lengths - 1)[:, 0]], dim=-1)  # mean_last
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if lengths is None:
