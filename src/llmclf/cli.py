@@ -191,11 +191,28 @@ def cmd_train(a) -> int:
         t, kept = blend["test"], "saved as the classifier" if blend["saved"] else "not saved: the LLM alone is kept"
         print(f"blend w={blend['weight']:.1f} LLM + TF-IDF ({kept}): test accuracy {t['accuracy']:.4f}  "
               f"f1 {t['f1']:.4f}")
+    print_decision(metrics)
     return 0
+
+
+def print_decision(metrics: dict) -> None:
+    """The calibration and operating-point lines of `llmclf train` (metrics.json has the full tables)."""
+    cal, op = metrics.get("calibration"), metrics.get("operating_point")
+    if cal:
+        v = cal["validation"]
+        print(f"calibration: temperature {cal['temperature']:.3f}  validation ECE {v['before']['ece']:.4f} -> "
+              f"{v['after']['ece']:.4f}  test ECE {cal['test']['before'].get('ece', float('nan')):.4f} -> "
+              f"{cal['test']['after'].get('ece', float('nan')):.4f}")
+    if op:
+        t = op["test"]["at_threshold"]
+        print(f"operating point {op['target']} for {op['positive_label']}: threshold {op['threshold']:.4f}  test "
+              f"precision {t['precision']:.4f}  recall {t['recall']:.4f}  false-positive rate "
+              f"{t['false_positive_rate']:.4f}")
 
 
 def cmd_evaluate(a) -> int:
     from .data import read_table
+    from .decision import calibration_scores, rates
     from .metrics import classification_metrics
     from .predict import load_classifier, predict_texts
     import torch
@@ -206,9 +223,14 @@ def cmd_evaluate(a) -> int:
     unknown = sorted(set(df["label"]) - set(index))
     if unknown:
         raise LlmclfError(f"{a.data_file}: labels {unknown[:5]} are not among the classifier's ({', '.join(clf.labels)})")
-    probs = predict_texts(clf, list(df["text"]), a.batch_size)  # blended when the classifier has a blend
+    probs = predict_texts(clf, list(df["text"]), a.batch_size)  # blended and calibrated as saved
     targets = torch.tensor([index[x] for x in df["label"]])
     metrics = classification_metrics(torch.log(probs.clamp_min(1e-12)), targets, len(clf.labels), with_curves=True)
+    metrics.update(calibration_scores(probs.numpy(), targets.numpy()))
+    d = clf.decision
+    if d.threshold is not None:  # the labels predict gives: at the saved operating point
+        metrics["operating_point"] = {"target": d.target, "positive_label": clf.labels[d.positive],
+                                      **rates(probs[:, d.positive].numpy(), targets.numpy() == d.positive, d.threshold)}
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -231,7 +253,7 @@ def read_texts(path: str, text_column: str | None) -> list[str]:
 
 def cmd_predict(a) -> int:
     from . import distributed
-    from .predict import load_classifier, predict_texts_distributed
+    from .predict import load_classifier, predicted_classes, predict_texts_distributed
 
     def gather_texts():
         texts = list(a.texts)
@@ -251,8 +273,7 @@ def cmd_predict(a) -> int:
                                       progress=bool(a.input) and sys.stderr.isatty() and distributed.is_main())
     if not distributed.is_main():
         return 0
-    for text, p in zip(texts, probs):
-        i = int(p.argmax())
+    for text, p, i in zip(texts, probs, predicted_classes(clf, probs)):
         if a.json:
             print(json.dumps({"text": text, "label": clf.labels[i], "probability": float(p[i]),
                               "probabilities": {lab: float(q) for lab, q in zip(clf.labels, p)}}, ensure_ascii=False))

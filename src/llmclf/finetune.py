@@ -28,8 +28,10 @@ from .classifier import TextClassifier, count_parameters, set_trainable
 from .baseline import beside_run, probability_metrics
 from .blend import TfidfBlend, choose_weight, mix
 from .data import ClassificationDataset, load_data
+from .decision import BINNING, Decision, calibrate, calibration_scores, choose_threshold, fit_temperature, rates
 from .errors import LlmclfError
-from .metrics import classification_metrics, plot_values, predict_loader
+from .metrics import classification_metrics, plot_reliability, plot_roc_pr, plot_values, predict_loader
+from .run_report import write_run_report
 from .options import AUTO_CONTEXT, FinetuneOptions, check_options
 from .outdir import check_output_dir, prepare_output_dir
 from .weights import load_backbone
@@ -317,11 +319,11 @@ def evaluate(job: Job, model, loaders, parallel, num_classes: int) -> tuple[dict
     return metrics, all_logits
 
 
-def misclassified(test, probs, labels) -> pd.DataFrame:
-    """errors.csv: the test texts the saved classifier gets wrong, with the true and the predicted label and
-    their probabilities, the most confident mistakes first (the ones to look at)."""
+def misclassified(test, probs, pred, labels) -> pd.DataFrame:
+    """errors.csv: the test texts the saved classifier gets wrong (its decisions `pred`, its calibrated
+    probabilities), with the true and the predicted label and their probabilities, the most confident
+    mistakes first (the ones to look at)."""
     probs = np.asarray(probs, dtype=np.float64)
-    pred = probs.argmax(1)
     true = np.array([labels.index(v) for v in test["label"]])
     wrong = np.flatnonzero(pred != true)
     rows = pd.DataFrame({"text": test["text"].to_numpy()[wrong], "label": [labels[i] for i in true[wrong]],
@@ -330,14 +332,101 @@ def misclassified(test, probs, labels) -> pd.DataFrame:
     return rows.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def saved_test_probabilities(logits: dict, blend, test) -> np.ndarray:
-    """The saved classifier's class probabilities on the test split: the LLM's, or its blend with TF-IDF."""
-    probs = torch.softmax(logits["test"], dim=-1).numpy()
-    return blend.apply(probs, test["text"].tolist()) if blend is not None else probs
+def saved_probabilities(logits: dict, blend, data) -> dict:
+    """The saved classifier's class probabilities (float64) per split, before calibration: the LLM's, or its
+    blend with TF-IDF."""
+    out = {}
+    for split, lg in logits.items():
+        p = torch.softmax(lg.double(), -1).numpy()
+        out[split] = blend.apply(p, getattr(data, split)["text"].tolist()) if blend is not None else p
+    return out
+
+
+def positive_class(opts, labels) -> int:
+    """The class index --operating-point is about (checked before the run directory is made)."""
+    if opts.operating_point != "argmax" and len(labels) != 2:
+        shown = ", ".join(map(str, labels[:5])) + (", ..." if len(labels) > 5 else "")
+        raise LlmclfError(f"--operating-point {opts.operating_point} chooses a threshold between two classes; this "
+                          f"data has {len(labels)} ({shown})")
+    if opts.positive_label is None:
+        return min(1, len(labels) - 1)
+    if opts.positive_label not in labels:
+        raise LlmclfError(f"--positive-label {opts.positive_label!r} is not a label of this data "
+                          f"({', '.join(map(str, labels[:10]))})")
+    return labels.index(opts.positive_label)
+
+
+def fit_calibration(job: Job, probs: dict, targets: dict) -> tuple[float, dict | None]:
+    """(temperature, metrics.json's `calibration`): T fitted on validation by NLL and kept only if validation
+    ECE is no worse; ECE, Brier score and NLL before and after, on every split."""
+    y_val = targets["validation"]
+    if not job.opts.calibrate or not len(y_val):
+        if job.opts.calibrate:
+            job.log("calibration: skipped, the validation split is empty")
+        return 1.0, None
+    fitted = fit_temperature(probs["validation"], y_val)
+    ece_before = calibration_scores(probs["validation"], y_val)["ece"]
+    ece_fitted = calibration_scores(calibrate(probs["validation"], fitted), y_val)["ece"]
+    kept = ece_fitted <= ece_before + 1e-12
+    t = fitted if kept else 1.0
+    section = {"method": "temperature scaling of the log-probabilities, fitted on validation by NLL",
+               "temperature": t, "fitted_temperature": fitted, "kept": kept, "binning": BINNING}
+    for split, p in probs.items():
+        section[split] = {"before": calibration_scores(p, targets[split]),
+                          "after": calibration_scores(calibrate(p, t), targets[split])}
+    job.log(f"calibration: temperature {fitted:.3f} fitted on validation, ECE {ece_before:.4f} -> {ece_fitted:.4f}"
+            + ("" if kept else "; not kept (validation ECE would rise)"))
+    return t, section
+
+
+def choose_operating_point(job: Job, calibrated: dict, targets: dict, labels, positive: int):
+    """(threshold or None, metrics.json's `operating_point`): the threshold for --operating-point on the
+    calibrated validation probabilities, and the test figures at it beside those at 0.5."""
+    target = job.opts.operating_point
+    if target == "argmax":
+        return None, None
+    score = {s: p[:, positive] for s, p in calibrated.items()}
+    is_pos = {s: np.asarray(y) == positive for s, y in targets.items()}
+    threshold, met = choose_threshold(score["validation"], is_pos["validation"], target)
+    section = {"target": target, "positive_label": labels[positive], "threshold": threshold,
+               "met_on_validation": met, "validation": rates(score["validation"], is_pos["validation"], threshold),
+               "test": {"at_threshold": rates(score["test"], is_pos["test"], threshold),
+                        "at_0.5": rates(score["test"], is_pos["test"], 0.5)}}
+    at = section["test"]["at_threshold"]
+    job.log(f"operating point {target} for {labels[positive]!r}: threshold {threshold:.4f}"
+            + ("" if met else " (target not met on validation: 0.5 kept)")
+            + f"; test precision {at['precision']:.4f} recall {at['recall']:.4f} "
+            f"false-positive rate {at['false_positive_rate']:.4f}")
+    return threshold, section
+
+
+def choose_decision(job: Job, data, logits: dict, blend, targets: dict, positive: int):
+    """Rank 0: (the saved classifier's decision rule, what metrics.json says of it, the calibrated
+    probabilities per split)."""
+    probs = saved_probabilities(logits, blend, data)
+    temperature, cal = fit_calibration(job, probs, targets)
+    calibrated = {s: calibrate(p, temperature) for s, p in probs.items()}
+    threshold, op = choose_operating_point(job, calibrated, targets, data.labels, positive)
+    sections = {k: v for k, v in (("calibration", cal), ("operating_point", op)) if v is not None}
+    decision = Decision(temperature, threshold, positive, job.opts.operating_point)
+    write_decision_plots(job.out, probs["test"], calibrated["test"], targets["test"], decision, data.labels)
+    return decision, sections, calibrated
+
+
+def write_decision_plots(out: Path, raw, calibrated, targets, decision: Decision, labels) -> None:
+    """calibration.png (test reliability before and after) and, for two classes, curves.png (test ROC and
+    precision-recall with the operating point marked: the threshold, or 0.5 for the argmax)."""
+    if not len(targets):
+        return
+    plot_reliability(raw, calibrated, targets, out / "calibration.png")
+    if len(labels) == 2 and len(np.unique(targets)) == 2:
+        threshold = 0.5 if decision.threshold is None else decision.threshold
+        plot_roc_pr(calibrated[:, decision.positive], np.asarray(targets) == decision.positive, threshold,
+                    out / "curves.png", str(labels[decision.positive]))
 
 
 def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, labels, max_length: int,
-             blend=None, errors=None) -> None:
+             blend=None, errors=None, decision: Decision | None = None) -> None:
     """History, plots, the classifier (with its blend, if any), and metrics.json last: its presence marks a
     complete run."""
     to_save = distributed.full_model_copy(model) if job.opts.fsdp else model  # FSDP: a collective gather
@@ -348,7 +437,9 @@ def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, label
     errors.to_csv(job.out / "errors.csv", index=False)
     save_classifier(to_save, tokenizer, job.out / "model", labels=labels, max_length=max_length,
                     model_name=metrics["model"], blend=blend,
-                    extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")}})
+                    extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")},
+                           "decision": (decision or Decision()).to_config()})
+    write_run_report(job.out, metrics)
     atomic_write_text(job.out / "metrics.json", json.dumps(metrics, indent=2))
     (job.out / CHECKPOINT).unlink(missing_ok=True)
     job.log(f"test accuracy {metrics['test']['accuracy'] * 100:.2f}%  (train {metrics['train_seconds']:.1f}s) "
@@ -426,6 +517,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
     distributed.init()
     job = setup(opts, resuming)
     data = distributed.agree(lambda: load_data(opts))
+    positive = positive_class(opts, data.labels)
     t_start = time.perf_counter()  # data ready: train_seconds runs from here to the final metrics
     job.log(f"data: {data.source}; class counts {data.class_counts}; "
             f"{'balanced, ' if opts.balance else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
@@ -453,8 +545,13 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         metrics.update(run_summary(job, data, model_name, {
             "examples_seen": examples_seen, "trainable_parameters": n_trainable, "max_length": max_length,
             "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info}, clock))
-        errors = misclassified(data.test, saved_test_probabilities(logits, blend, data.test), data.labels) if job.main else None
-        save_run(job, model, tokenizer, metrics, state, data.labels, max_length, blend, errors)
+        decision = errors = None
+        if job.main:
+            targets = {s: np.asarray(d.targets) for s, d in datasets.items()}
+            decision, sections, calibrated = choose_decision(job, data, logits, blend, targets, positive)
+            metrics.update(sections)
+            errors = misclassified(data.test, calibrated["test"], decision.choose(calibrated["test"]), data.labels)
+        save_run(job, model, tokenizer, metrics, state, data.labels, max_length, blend, errors, decision)
         return distributed.broadcast_object(metrics if job.main else None)  # no rank returns before rank 0 is done
     except TrainingInterrupted:
         raise

@@ -82,10 +82,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
 
 def plot_values(epochs_seen, examples_seen, train_values, val_values, label: str = "loss", path=None):
     """The book's plot: training and validation values against epochs, with an examples-seen twin axis."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax1 = plt.subplots(figsize=(5, 3))
     ax1.plot(epochs_seen, train_values, label=f"Training {label}")
     ax1.plot(epochs_seen, val_values, linestyle="-.", label=f"Validation {label}")
@@ -98,5 +95,65 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label: str
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_reliability(before, after, targets, path, bins: int = 15):
+    """Reliability diagram: accuracy against mean top-class probability per equal-width bin, before and after
+    calibration (the diagonal is perfect calibration)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+    y = np.asarray(targets)
+    for probs, label in ((before, "before"), (after, "after")):
+        p = np.asarray(probs, dtype=np.float64)
+        conf, correct = p.max(1), p.argmax(1) == y
+        which = np.minimum((conf * bins).astype(int), bins - 1)
+        used = [b for b in range(bins) if (which == b).any()]
+        ax.plot([conf[which == b].mean() for b in used], [correct[which == b].mean() for b in used], marker="o",
+                markersize=3, label=f"{label} calibration")
+    ax.set_xlabel("Mean top-class probability")
+    ax.set_ylabel("Accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_roc_pr(scores, positive, threshold, path, positive_label: str = "positive"):
+    """ROC and precision-recall curves of the positive class side by side, the operating point marked."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    plt = _pyplot()
+    s, y = np.asarray(scores), np.asarray(positive, dtype=bool)
+    fpr, tpr, _ = roc_curve(y, s)
+    prec, rec, _ = precision_recall_curve(y, s)
+    pred = s >= threshold
+    tp, fp = (pred & y).sum(), (pred & ~y).sum()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.6))
+    a.plot(fpr, tpr)
+    a.plot([fp / max((~y).sum(), 1)], [tp / max(y.sum(), 1)], "o", color="tab:red", label=f"threshold {threshold:.3f}")
+    a.set_xlabel("False-positive rate")
+    a.set_ylabel("True-positive rate (recall)")
+    a.set_title(f"ROC ({positive_label})", fontsize=10)
+    a.legend(fontsize=8, loc="lower right")
+    b.plot(rec, prec)
+    b.plot([tp / max(y.sum(), 1)], [tp / max(tp + fp, 1)], "o", color="tab:red")
+    b.set_xlabel("Recall")
+    b.set_ylabel("Precision")
+    b.set_title(f"Precision-recall ({positive_label})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
     plt.close(fig)
     return path

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from .classifier import POOLINGS, TRAINABLE
+from .decision import parse_target
 from .errors import LlmclfError
 
 
@@ -95,6 +96,15 @@ class FinetuneOptions:
     blend: str = opt("auto", "off | tfidf: save p = w p_llm + (1 - w) p_tfidf (TF-IDF + logistic regression fitted "
                      "on the training split, w in 0, 0.1, ..., 1 chosen by validation macro-F1) as the classifier "
                      "| auto: the same, but the LLM alone when w comes out 1")
+    calibrate: bool = opt(True, "fit a temperature on the validation split so that texts given 0.9 are right 9 times in "
+                          "10 (metrics.json: calibration); never changes the argmax",
+                          negate="--no-calibrate")
+    operating_point: str = opt("argmax", "two classes: how the label is chosen from the calibrated probability of "
+                               "--positive-label: argmax | best_f1 | max_fpr=A (at most a fraction A of the other "
+                               "class flagged) | min_precision=A | min_recall=A, the threshold chosen on the "
+                               "validation split and saved with the classifier")
+    positive_label: str | None = opt(None, "the class --operating-point is about (default: the second label, e.g. "
+                                     "spam)")
     # the run
     overwrite: bool = opt(False, "replace an existing run directory (only one llmclf wrote: a directory holding "
                           "anything else is refused, never emptied)")
@@ -106,7 +116,7 @@ class FinetuneOptions:
 # The book's chapter 6, written out in full so that it stays exact whatever the defaults become.
 BOOK_RECIPE = {"model": "gpt2-small", "trainable": "last_block", "pooling": "last_nonpad", "append_eos": False,
                "context_length": "longest", "epochs": 5, "batch_size": 8, "lr": 5e-5, "warmup": 0.0,
-               "schedule": "constant", "weight_decay": 0.1, "dtype": "float32", "blend": "off"}
+               "schedule": "constant", "weight_decay": 0.1, "dtype": "float32", "blend": "off", "calibrate": False}
 RECIPES = {"default": {}, "book": BOOK_RECIPE, "auto": {}}
 RECIPE_KEYS = tuple(BOOK_RECIPE)
 
@@ -242,6 +252,10 @@ def _check_combinations(opts: FinetuneOptions, name) -> None:
         raise LlmclfError(f"{name('fsdp')} needs trainable all (smaller trainable sets fit without sharding)")
     if opts.dtype == "bfloat16" and opts.device == "mps":
         raise LlmclfError(f"{name('dtype')} bfloat16 is not offered on mps; use float32")
+    target = parse_target(opts.operating_point)[0]
+    if target != "argmax" and opts.split[1] == 0 and not opts.validation_file:
+        raise LlmclfError(f"{name('operating_point')} {opts.operating_point} is chosen on the validation split: give "
+                          f"{name('split')} a validation fraction above 0")
     if opts.blend != "off" and opts.split[1] == 0:
         raise LlmclfError(f"{name('blend')} {opts.blend} chooses its weight on the validation split: give "
                           f"{name('split')} a validation fraction above 0")

@@ -18,7 +18,8 @@ MARKER = ".llmclf-dir"
 # its temp files (atomic writes, the model swap).
 ENTRIES = {
     "run": {"train.csv", "validation.csv", "test.csv", "history.csv", "loss.png", "accuracy.png", "metrics.json",
-            "run.json", "checkpoint.safetensors", "model", "errors.csv", "search", "search.csv"},
+            "run.json", "checkpoint.safetensors", "model", "errors.csv", "search", "search.csv", "calibration.png",
+            "curves.png", "report.html"},
     "experiment": {"results.csv", "results.md", "accuracy.png", "runs", "baseline"},
     "baseline": {"results.csv", "results.md", "accuracy.png"},
 }

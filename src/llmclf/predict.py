@@ -16,6 +16,7 @@ import torch
 from . import distributed
 from .artifact import load_classifier_parts
 from .blend import load_blend
+from .decision import Decision, load_decision
 from .data import distinct_sequences, length_sorted_chunks, pad_batch
 from .distributed import pick_device
 from .parallel import map_batches
@@ -28,6 +29,7 @@ class Classifier:
     config: dict
     device: str = "cpu"
     blend: object = None  # a blend.TfidfBlend when the classifier was saved with one (--blend)
+    decision: Decision = Decision()  # temperature and operating point chosen on validation (decision.py)
 
     @property
     def labels(self) -> list[str]:
@@ -41,7 +43,8 @@ class Classifier:
 def load_classifier(path, device: str = "auto") -> Classifier:
     device = pick_device(device)
     model, tokenizer, cfg, directory = load_classifier_parts(Path(path), device)
-    return Classifier(model, tokenizer, cfg, device, load_blend(directory, cfg))
+    return Classifier(model, tokenizer, cfg, device, load_blend(directory, cfg),
+                      load_decision(cfg, Path(directory) / "config.json"))
 
 
 def encode_texts(clf: Classifier, texts: list[str]) -> list[list[int]]:
@@ -72,13 +75,19 @@ def predict_encoded(clf: Classifier, encoded: list[list[int]], batch_size: int =
 
 
 def predict_texts(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-    """Class probabilities (N, C) in input order: the LLM's, or blended with TF-IDF when the classifier has a
-    blend (blend.mix, the same function training chose its weight with)."""
+    """Calibrated class probabilities (N, C) in input order: the LLM's, or blended with TF-IDF when the
+    classifier has a blend (blend.mix, the same function training chose its weight with), then scaled by the
+    temperature fitted on validation (decision.py)."""
     texts = list(texts)
-    probs = predict_encoded(clf, encode_texts(clf, texts), batch_size, progress)
-    if clf.blend is None:
-        return probs
-    return torch.from_numpy(clf.blend.apply(probs.double().numpy(), texts)).float()
+    probs = predict_encoded(clf, encode_texts(clf, texts), batch_size, progress).double().numpy()
+    if clf.blend is not None:
+        probs = clf.blend.apply(probs, texts)
+    return torch.from_numpy(clf.decision.calibrate(probs)).float()
+
+
+def predicted_classes(clf: Classifier, probs) -> list[int]:
+    """The class index per row of predict_texts' probabilities: the argmax, or the saved threshold."""
+    return [int(i) for i in clf.decision.choose(torch.as_tensor(probs).double().numpy())]
 
 
 def predict_texts_distributed(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
@@ -94,9 +103,9 @@ def predict_texts_distributed(clf: Classifier, texts, batch_size: int = 32, prog
 
 def classify(text: str, clf: Classifier) -> tuple[str, float]:
     """(label, probability) for one text: chapter 6's classify_review for any classifier."""
-    probs = predict_texts(clf, [text])[0]
-    i = int(probs.argmax())
-    return clf.labels[i], float(probs[i])
+    probs = predict_texts(clf, [text])
+    i = predicted_classes(clf, probs)[0]
+    return clf.labels[i], float(probs[0, i])
 
 
 def classify_review(text: str, clf: Classifier) -> str:

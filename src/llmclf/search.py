@@ -25,6 +25,7 @@ from .options import FinetuneOptions, check_options
 from .outdir import MARKER, prepare_output_dir
 from .train import PrefixCacheStore
 from .artifact import atomic_write_text
+from .run_report import write_run_report
 
 # What each candidate changes from the default recipe; the default itself runs first. The trainable depth
 # is the same in all, so they share one frozen-prefix cache.
@@ -115,6 +116,7 @@ def _keep(out: Path, best: dict, rows: list, metrics: dict, say) -> dict:
     metrics["search"] = {"chosen": best["candidate"], "by": "validation macro-F1", "candidates": rows,
                          "seconds": round(sum(r["seconds"] for r in rows), 1)}
     metrics["options"]["recipe"] = "auto"
+    write_run_report(out, metrics)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: marks the run complete
     say(f"search: kept {best['candidate']} (validation macro-F1 {best['validation_macro_f1']:.4f}) -> {out}")
     return metrics

@@ -4,7 +4,8 @@ Routes
     POST /v1/classify   {"texts": ["...", ...]} -> {"model": NAME, "results": [{"label", "probability",
                         "probabilities": {label: p}}, ...]}, one result per text, in input order.
     GET  /v1/model      labels, model name, backbone config, max_length, pooling, blend_weight (the LLM's
-                        weight in a --blend classifier, else null), the run's metrics (train/validation/test
+                        weight in a --blend classifier, else null), decision (temperature,
+                        threshold, positive label: how labels are chosen), the run's metrics (train/validation/test
                         and blend from RUN_DIR/metrics.json, else config.json's train_metrics; local paths
                         and training options left out) and the request limits.
     GET  /healthz       {"status": "ok"}
@@ -68,7 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import LlmclfError
-from ..predict import Classifier, load_classifier, predict_texts
+from ..predict import Classifier, load_classifier, predict_texts, predicted_classes
 
 log = logging.getLogger("llmclf.serve")
 
@@ -471,11 +472,13 @@ def _model_info(clf, run_dir, limits: dict) -> dict:
             "num_classes": len(clf.labels), "max_length": clf.max_length, "pooling": cfg.get("pooling"),
             "backbone": cfg.get("backbone"), "llmclf_version": cfg.get("llmclf_version"), "device": clf.device,
             "blend_weight": clf.blend.weight if clf.blend is not None else None,
+            "decision": {**clf.decision.to_config(), "positive_label": clf.labels[clf.decision.positive]},
             "metrics": _run_metrics(run_dir, cfg), "limits": limits}
 
 
-def _add_routes(app: FastAPI, batcher, model_info: dict, limit: int, request_timeout: float) -> None:
-    """POST /v1/classify, GET /v1/model, GET /healthz and the web page."""
+def _add_routes(app: FastAPI, batcher, model_info: dict, limit: int, request_timeout: float, decide) -> None:
+    """POST /v1/classify, GET /v1/model, GET /healthz and the web page. `decide`: class index per row of
+    probabilities (predict.predicted_classes)."""
     labels, model_name = model_info["labels"], model_info["model"]
     max_texts, max_chars = model_info["limits"]["max_texts"], model_info["limits"]["max_chars"]
 
@@ -484,10 +487,9 @@ def _add_routes(app: FastAPI, batcher, model_info: dict, limit: int, request_tim
     async def classify(request: Request):
         """Label and class probabilities for each text, in input order."""
         texts = _parse_texts(await _read_body(request, limit), max_texts, max_chars)
-        probs = (await _wait_for_rows(request, _submit(batcher, texts), request_timeout)).tolist()
+        rows = await _wait_for_rows(request, _submit(batcher, texts), request_timeout)
         results = []
-        for row in probs:
-            best = max(range(len(row)), key=row.__getitem__)
+        for row, best in zip(rows.tolist(), decide(rows)):  # argmax, or the operating point saved with the model
             results.append({"label": labels[best], "probability": row[best],
                             "probabilities": dict(zip(labels, row))})
         return {"model": model_name, "results": results}
@@ -545,7 +547,7 @@ def create_app(run_dir_or_classifier, max_texts: int = 64, max_chars: int = 1000
     app.state.model_info = model_info
     _add_error_handlers(app)
 
-    _add_routes(app, batcher, model_info, limit, request_timeout)
+    _add_routes(app, batcher, model_info, limit, request_timeout, lambda rows: predicted_classes(clf, rows))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
