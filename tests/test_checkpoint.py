@@ -137,3 +137,46 @@ def test_same_seed_gives_identical_metrics(tmp_path, sms_file, uninterrupted):
     r = run_cli("train", *ARGS, "--data-file", sms_file, "--out", out)
     assert r.returncode == 0, r.stderr
     assert _metrics(out) == _metrics(uninterrupted)
+
+
+# --keep best on an overfitting run: every weight trains at a constant high rate on a small split.
+BEST = ["--model", "gpt2-tiny", "--weights", "random", "--tokenizer-dir", str(GPT2_TOKENIZER_DIR), "--epochs", "12",
+        "--trainable", "all", "--lr", "2e-3", "--schedule", "constant", "--warmup", "0", "--split", "0.3", "0.2",
+        "--blend", "off", "--no-baseline", "--keep", "best", "--keep-metric", "loss", "--patience", "2",
+        "--checkpoint-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def best_run(tmp_path_factory, sms_file):
+    out = tmp_path_factory.mktemp("best") / "full"
+    r = run_cli("train", *BEST, "--data-file", sms_file, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_keep_best_saves_the_best_validation_epoch(best_run):
+    m = json.loads((best_run / "metrics.json").read_text())
+    kept = m["kept"]
+    h = pd.read_csv(best_run / "history.csv")
+    scores = h.dropna(subset=["val_score"])
+    assert kept["weights"] == "best" and kept["by"] == "validation loss"
+    assert kept["epoch"] == int(scores.loc[scores["val_score"].idxmin(), "epoch"])  # the best, the earliest of ties
+    assert scores.loc[scores["kept"], "epoch"].tolist() == [kept["epoch"]]
+    assert kept["stopped_early"] and kept["epochs_run"] == kept["epoch"] + 2 < 12
+    # what was saved is that epoch: its validation loss, recomputed from the run's own metrics, is the kept one
+    assert m["validation"]["loss"] == pytest.approx(kept["value"], abs=1e-5)
+
+
+def test_resuming_a_killed_keep_best_run_keeps_the_same_epoch(tmp_path, sms_file, best_run):
+    out = tmp_path / "killed"
+    proc = _start([*BEST, "--data-file", sms_file, "--out", out])
+    assert _wait_for(proc, "Epoch 3: validation loss"), "training ended before the kill point"
+    proc.send_signal(signal.SIGKILL)  # after epoch 2's checkpoint (it holds the best weights so far)
+    proc.wait(timeout=30)
+    assert (out / "checkpoint.safetensors").is_file() and not (out / "metrics.json").exists()
+    r = run_cli("train", "--resume", out)
+    assert r.returncode == 0, r.stderr
+    got, want = json.loads((out / "metrics.json").read_text()), json.loads((best_run / "metrics.json").read_text())
+    assert got["kept"] == pytest.approx(want["kept"])
+    for split in ("validation", "test"):
+        assert got[split]["loss"] == pytest.approx(want[split]["loss"], abs=1e-6)

@@ -243,3 +243,28 @@ def test_training_follows_the_schedule_step_by_step():
     assert len(used) == sched.total == 12
     assert used == pytest.approx([1e-2 * sched.factor(t) for t in range(1, 13)])
     assert used[2] == pytest.approx(1e-2) and used[-1] == pytest.approx(0.0)
+
+
+def test_keep_best_restores_the_best_epoch_and_patience_stops_an_overfitting_run():
+    """Random labels (FakeDataset) and every weight trainable at a high rate: the model learns the training
+    split by heart and validation loss rises after the first epochs. KeepBest scores every epoch on the whole
+    validation split, keeps the best one's weights and stops once `patience` epochs have not beaten it."""
+    from llmclf.metrics import predict_loader
+    from llmclf.train import KeepBest
+    torch.manual_seed(0)
+    backbone = build_model(replace(MODELS["gpt2-tiny"].config, n_layers=2))
+    model = set_trainable(TextClassifier(backbone, 2), "all")
+    vocab = backbone.cfg.vocab_size
+    loaders, _ = make_loaders(model, {"train": FakeDataset(48, vocab, 1), "validation": FakeDataset(40, vocab, 2)}, 4,
+                              "cpu", cache="off", log=lambda *_: None)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    state, keeper = TrainState(), KeepBest("loss", patience=2)
+    train_classifier_simple(model, loaders["train"], loaders["validation"], opt, "cpu", 30, 1000, 1, state=state,
+                            log=lambda *_: None, progress=False, keeper=keeper)
+    scores = [h["val_score"] for h in state.history if "val_score" in h]
+    assert state.stopped_early and state.epoch < 30 and len(scores) == state.epoch  # it did stop, early
+    assert state.best_epoch == 1 + scores.index(min(scores)) and state.epoch - state.best_epoch == 2
+    assert scores[-1] > min(scores)  # it had started to overfit
+    keeper.restore(model)
+    logits, targets = predict_loader(loaders["validation"], model)
+    assert keeper.score(logits, targets) == pytest.approx(state.best_value, abs=1e-6)  # the best epoch's weights

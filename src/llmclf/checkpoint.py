@@ -20,10 +20,12 @@ from .errors import LlmclfError
 CHECKPOINT = "checkpoint.safetensors"
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, loader, state) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, loader, state, best: dict | None = None) -> Path:
+    """`best`: --keep best's copy of the best epoch's trainable weights (name -> tensor), saved beside them."""
     from safetensors.torch import save_file
 
     tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    tensors.update({f"best.{n}": t.detach().cpu().contiguous() for n, t in (best or {}).items()})
     opt = optimizer.state_dict()
     for idx, st in opt["state"].items():
         for k, v in st.items():
@@ -36,8 +38,9 @@ def save_checkpoint(run_dir: Path, model, optimizer, loader, state) -> Path:
     return path
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, loader):
-    """Restore model, optimizer and RNGs in place; returns the TrainState to continue from."""
+def load_checkpoint(run_dir: Path, model, optimizer, loader, best: dict | None = None):
+    """Restore model, optimizer and RNGs in place; returns the TrainState to continue from. `best` (a dict)
+    receives the saved copy of the best epoch's weights, if any (--keep best)."""
     from safetensors import SafetensorError, safe_open
 
     from .train import TrainState
@@ -57,6 +60,11 @@ def load_checkpoint(run_dir: Path, model, optimizer, loader):
                 if name not in params or params[name].shape != t.shape:
                     raise LlmclfError(f"{path}: checkpoint does not fit this model ({name})")
                 params[name].copy_(t)
+            elif key.startswith("best.") and best is not None:
+                name = key[len("best."):]
+                if name not in params or params[name].shape != t.shape:
+                    raise LlmclfError(f"{path}: checkpoint does not fit this model ({name})")
+                best[name] = t.to(params[name].device)
     opt_state = {}
     for key, t in tensors.items():
         if key.startswith("opt."):

@@ -32,11 +32,12 @@ from .decision import BINNING, Decision, calibrate, calibration_scores, choose_t
 from .errors import LlmclfError
 from .metrics import classification_metrics, plot_reliability, plot_roc_pr, plot_values, predict_loader
 from .run_report import write_run_report
+from .tensorboard_log import TensorBoardLog, check_available as check_tensorboard
 from .options import AUTO_CONTEXT, FinetuneOptions, check_options
 from .outdir import check_output_dir, prepare_output_dir
 from .weights import load_backbone
 from .version import __version__
-from .train import (LrSchedule, Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
+from .train import (KeepBest, LrSchedule, Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
                     steps_per_epoch, train_classifier_simple)
 
 
@@ -108,9 +109,14 @@ def build_classifier(opts, num_classes: int):
     return model, tokenizer, name
 
 
-def write_history(path: Path, history: list) -> None:
+def write_history(path: Path, history: list, kept_epoch: int | None = None) -> None:
+    """history.csv: the book's losses and accuracies as they were logged; with --keep best, `val_score` (the
+    epoch's --keep-metric on the whole validation split) and `kept` on the row of the epoch that was saved."""
     cols = ["epoch", "step", "examples_seen", "train_loss", "val_loss", "train_acc", "val_acc"]
-    pd.DataFrame(history, columns=cols).to_csv(path, index=False)
+    df = pd.DataFrame(history, columns=cols + (["val_score"] if any("val_score" in h for h in history) else []))
+    if "val_score" in df:
+        df["kept"] = df["val_score"].notna() & (df["epoch"] == kept_epoch)
+    df.to_csv(path, index=False)
 
 
 def write_plots(run_dir: Path, history: list, num_epochs: int) -> None:
@@ -179,6 +185,8 @@ def setup(opts: FinetuneOptions, resuming: bool) -> Job:
     out = Path(opts.out)
     distributed.from_main(lambda: resuming or check_output_dir(out, "run", opts.overwrite))
     distributed.agree(lambda: check_launch(opts))
+    if opts.tensorboard:
+        distributed.agree(check_tensorboard)
     device = distributed.agree(lambda: distributed.device(opts.device))
     autocast = distributed.agree(lambda: bf16_autocast(opts, device))
     if autocast and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
@@ -233,17 +241,19 @@ def make_optimizer(job: Job, model):
                              fused=torch.device(job.device).type in ("cpu", "cuda"))
 
 
-def restore(job: Job, model, optimizer, loader, resuming: bool) -> TrainState:
-    """The training state to start from: the checkpoint's when resuming (and there is one), else a fresh one."""
+def restore(job: Job, model, optimizer, loader, resuming: bool, keeper: KeepBest | None = None) -> TrainState:
+    """The training state to start from: the checkpoint's when resuming (and there is one), else a fresh one.
+    keeper (--keep best) gets back the checkpoint's copy of the best epoch's weights."""
+    best = keeper.weights if keeper is not None else None
     torch.manual_seed(job.opts.seed)
     if job.opts.fsdp:
         job.log("--fsdp: no checkpoints are written; an interrupted run starts again")
     if not resuming or job.opts.fsdp:
         return TrainState()
     if distributed.active():
-        loaded = _load_checkpoint_on_every_rank(job.out, model, optimizer, loader)
+        loaded = _load_checkpoint_on_every_rank(job.out, model, optimizer, loader, best)
     else:
-        loaded = load_checkpoint(job.out, model, optimizer, loader) if (job.out / CHECKPOINT).is_file() else None
+        loaded = load_checkpoint(job.out, model, optimizer, loader, best) if (job.out / CHECKPOINT).is_file() else None
     if loaded is None:
         return TrainState()
     job.log(f"resuming at epoch {loaded.epoch + 1}, step {loaded.global_step + 1}")
@@ -265,17 +275,20 @@ class CheckpointOnStep:
     """The loop's on_step: a checkpoint every --checkpoint-every steps, at each epoch end and on Ctrl-C (then
     stop). FSDP shards live on every rank: such runs keep no checkpoint."""
 
-    def __init__(self, job: Job, model, optimizer, loader, clock: Clock, stop, parallel):
+    def __init__(self, job: Job, model, optimizer, loader, clock: Clock, stop, parallel, keeper=None, board=None):
         self.job, self.model, self.optimizer, self.loader = job, model, optimizer, loader
-        self.clock, self.stop, self.parallel = clock, stop, parallel
+        self.clock, self.stop, self.parallel, self.keeper, self.board = clock, stop, parallel, keeper, board
         self.keep = not job.opts.fsdp
 
     def __call__(self, st: TrainState, epoch_end: bool) -> None:
         stopping = distributed.any_rank(self.stop.requested) if self.parallel else self.stop.requested
+        if self.board is not None:
+            self.board.write(st.history)
         every = self.job.opts.checkpoint_every
         if (epoch_end or (every and st.global_step % every == 0) or stopping) and self.keep and self.job.main:
             st.seconds = self.clock.seconds()
-            save_checkpoint(self.job.out, self.model, self.optimizer, self.loader, st)
+            save_checkpoint(self.job.out, self.model, self.optimizer, self.loader, st,
+                            self.keeper.weights if self.keeper is not None else None)
         if stopping:
             distributed.barrier()  # no rank leaves before rank 0 has saved
             if not self.keep:
@@ -284,17 +297,33 @@ class CheckpointOnStep:
                                       f"with: llmclf train --resume {self.job.out}")
 
 
-def fit(job: Job, model, optimizer, loaders, state: TrainState, parallel, weight, clock: Clock) -> int:
-    """Chapter 6's training loop, checkpointing as it goes; returns the examples seen."""
+def fit(job: Job, model, optimizer, loaders, state: TrainState, parallel, weight, clock: Clock,
+        keeper: KeepBest | None = None) -> int:
+    """Chapter 6's training loop, checkpointing as it goes; with --keep best the best epoch's weights are put
+    back at the end. Returns the examples seen."""
     o = job.opts
-    with _stop_on_ctrl_c() as stop:
-        on_step = CheckpointOnStep(job, model, optimizer, loaders["train"], clock, stop, parallel)
+    board = TensorBoardLog(job.out, len(state.history)) if o.tensorboard and job.main else None
+    with _stop_on_ctrl_c() as stop, contextlib.closing(board) if board else contextlib.nullcontext():
+        on_step = CheckpointOnStep(job, model, optimizer, loaders["train"], clock, stop, parallel, keeper, board)
         distributed.test_hook()
-        return train_classifier_simple(
+        seen = train_classifier_simple(
             model, loaders["train"], loaders["validation"], optimizer, job.device, o.epochs, o.eval_freq,
             o.eval_iter, grad_accum=o.grad_accum, class_weight=weight, state=state, on_step=on_step,
             log=job.log, progress=not o.quiet and job.main and sys.stderr.isatty(), parallel=parallel,
-            autocast=job.autocast, schedule=lr_schedule(o, len(loaders["train"])))[4]
+            autocast=job.autocast, schedule=lr_schedule(o, len(loaders["train"])), keeper=keeper)[4]
+    if keeper is not None:
+        keeper.restore(model)
+        job.log(f"kept epoch {state.best_epoch} of {state.epoch} (validation {o.keep_metric} {state.best_value:.4f})")
+    return seen
+
+
+def kept_section(o: FinetuneOptions, state: TrainState) -> dict:
+    """metrics.json's `kept`: which weights were saved, and by what."""
+    if o.keep == "last":
+        return {"weights": "last", "epoch": state.epoch, "epochs_run": state.epoch}
+    return {"weights": "best", "by": f"validation {o.keep_metric}", "epoch": state.best_epoch,
+            "value": state.best_value, "epochs_run": state.epoch, "stopped_early": state.stopped_early,
+            "patience": o.patience}
 
 
 def lr_schedule(o: FinetuneOptions, n_batches: int) -> LrSchedule | None:
@@ -432,7 +461,7 @@ def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, label
     to_save = distributed.full_model_copy(model) if job.opts.fsdp else model  # FSDP: a collective gather
     if not job.main:
         return
-    write_history(job.out / "history.csv", state.history)
+    write_history(job.out / "history.csv", state.history, state.best_epoch)
     write_plots(job.out, state.history, job.opts.epochs)
     errors.to_csv(job.out / "errors.csv", index=False)
     save_classifier(to_save, tokenizer, job.out / "model", labels=labels, max_length=max_length,
@@ -536,14 +565,16 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         where = f"; {distributed.world()} processes ({'FSDP' if opts.fsdp else 'DDP'})" if parallel else ""
         job.log(f"model {model_name}: {n_params:,} parameters, {n_trainable:,} trainable ({opts.trainable}); "
                 f"device {job.device}{where}")
-        state = restore(job, model, optimizer, loaders["train"], resuming)
+        keeper = KeepBest(opts.keep_metric, opts.patience) if opts.keep == "best" else None
+        state = restore(job, model, optimizer, loaders["train"], resuming, keeper)
         clock = Clock(t_start, state.seconds)
         weight = class_weight(job, datasets["train"], len(data.labels))
-        examples_seen = fit(job, model, optimizer, loaders, state, parallel, weight, clock)
+        examples_seen = fit(job, model, optimizer, loaders, state, parallel, weight, clock, keeper)
         metrics, logits = evaluate(job, model, loaders, parallel, len(data.labels))
         blend = baseline_and_blend(job, data, metrics, logits)
         metrics.update(run_summary(job, data, model_name, {
-            "examples_seen": examples_seen, "trainable_parameters": n_trainable, "max_length": max_length,
+            "examples_seen": examples_seen, "kept": kept_section(opts, state), "trainable_parameters": n_trainable,
+            "max_length": max_length,
             "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info}, clock))
         decision = errors = None
         if job.main:
@@ -561,7 +592,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         raise
 
 
-def _load_checkpoint_on_every_rank(out: Path, model, optimizer, loader):
+def _load_checkpoint_on_every_rank(out: Path, model, optimizer, loader, best=None):
     """torchrun --resume: rank 0 loads RUN_DIR's checkpoint (checking it) and sends its bytes to the other ranks,
     which load the same bytes from a private temp dir. None when there is no checkpoint."""
     loaded = {}
@@ -569,7 +600,7 @@ def _load_checkpoint_on_every_rank(out: Path, model, optimizer, loader):
     def read_on_main():
         if not (out / CHECKPOINT).is_file():
             return None
-        loaded["state"] = load_checkpoint(out, model, optimizer, loader)
+        loaded["state"] = load_checkpoint(out, model, optimizer, loader, best)
         return (out / CHECKPOINT).read_bytes()
 
     raw = distributed.from_main(read_on_main)
@@ -577,7 +608,7 @@ def _load_checkpoint_on_every_rank(out: Path, model, optimizer, loader):
         return loaded.get("state")
     with tempfile.TemporaryDirectory(prefix="llmclf-resume-") as tmp:
         (Path(tmp) / CHECKPOINT).write_bytes(raw)
-        return load_checkpoint(Path(tmp), model, optimizer, loader)
+        return load_checkpoint(Path(tmp), model, optimizer, loader, best)
 
 
 class _stop_on_ctrl_c:

@@ -79,6 +79,12 @@ class FinetuneOptions:
     eval_freq: int = opt(50, "evaluate every N optimizer steps")
     eval_iter: int = opt(5, "batches per periodic evaluation")
     class_weights: bool = opt(False, "weight the loss by inverse class frequency")
+    keep: str = opt("last", "the weights saved: last (after the last epoch, as the book) | best (the epoch with the "
+                    "best --keep-metric on the whole validation split; history.csv marks it)")
+    keep_metric: str = opt("macro_f1", "what --keep best and --patience judge an epoch by, on the whole validation "
+                           "split: macro_f1 | accuracy | loss")
+    patience: int = opt(0, "--keep best: stop once this many epochs in a row have not improved on the best (0: run "
+                        "every epoch)")
     cache: str = opt("auto", "frozen-prefix cache: auto (where exact), on (refuse to run uncached), off",
                      aliases={"--no-cache": "off"})
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
@@ -105,6 +111,8 @@ class FinetuneOptions:
                                "validation split and saved with the classifier")
     positive_label: str | None = opt(None, "the class --operating-point is about (default: the second label, e.g. "
                                      "spam)")
+    tensorboard: bool = opt(False, "also write the training scalars as TensorBoard event files into "
+                            "RUN_DIR/tensorboard, as training goes (needs: pip install tensorboard)")
     # the run
     overwrite: bool = opt(False, "replace an existing run directory (only one llmclf wrote: a directory holding "
                           "anything else is refused, never emptied)")
@@ -132,8 +140,9 @@ DATASETS = ("sms-spam",)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BLENDS = ("off", "tfidf", "auto")
 SCHEDULES = ("constant", "cosine", "linear")
+KEEP_METRICS = ("macro_f1", "accuracy", "loss")
 # Smallest allowed value of each integer option.
-MINIMUM = {"seed": 0, "epochs": 1, "batch_size": 1, "grad_accum": 1, "eval_freq": 1, "eval_iter": 1,
+MINIMUM = {"seed": 0, "patience": 0, "epochs": 1, "batch_size": 1, "grad_accum": 1, "eval_freq": 1, "eval_iter": 1,
            "lora_rank": 1, "checkpoint_every": 0}
 
 
@@ -142,7 +151,7 @@ def choices() -> dict:
     return {"weights": ("pretrained", "random"), "pooling": POOLINGS, "trainable": TRAINABLE,
             "cache": ("auto", "on", "off"), "dtype": ("auto", "float32", "bfloat16"),
             "dataset": DATASETS, "recipe": tuple(RECIPES),
-            "blend": BLENDS, "schedule": SCHEDULES}
+            "blend": BLENDS, "schedule": SCHEDULES, "keep": ("last", "best"), "keep_metric": KEEP_METRICS}
 
 
 def flag(key: str) -> str:
@@ -252,6 +261,11 @@ def _check_combinations(opts: FinetuneOptions, name) -> None:
         raise LlmclfError(f"{name('fsdp')} needs trainable all (smaller trainable sets fit without sharding)")
     if opts.dtype == "bfloat16" and opts.device == "mps":
         raise LlmclfError(f"{name('dtype')} bfloat16 is not offered on mps; use float32")
+    if opts.patience and opts.keep != "best":
+        raise LlmclfError(f"{name('patience')} stops at the best epoch so far: it needs {name('keep')} best")
+    if opts.keep == "best" and opts.split[1] == 0 and not opts.validation_file:
+        raise LlmclfError(f"{name('keep')} best judges each epoch on the validation split: give {name('split')} a "
+                          "validation fraction above 0")
     target = parse_target(opts.operating_point)[0]
     if target != "argmax" and opts.split[1] == 0 and not opts.validation_file:
         raise LlmclfError(f"{name('operating_point')} {opts.operating_point} is chosen on the validation split: give "

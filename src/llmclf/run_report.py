@@ -40,10 +40,10 @@ def _num(v, pct: bool = False) -> str:
 
 
 def _table(header, rows, left: int = 1) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td{' class=t' if i < left else ''}>{c}</td>" for i, c in enumerate(r))
                    + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
 
 
 def metrics_section(m: dict) -> str:
@@ -119,7 +119,14 @@ def data_section(m: dict) -> str:
                                         ("examples train / validation / test",
                                          " / ".join(str(n.get(s, "")) for s in ("train", "validation", "test"))),
                                         ("tokens kept per text", m.get("max_length")))]
-    return "<h2>Data</h2>" + _table(["", ""], rows, left=2)
+    return "<h2>Data</h2>" + _table(None, rows, left=2)
+
+
+def kept_note(kept: dict | None) -> str:
+    if not kept or kept.get("weights") != "best":
+        return ""
+    return (f"; kept epoch {_e(kept['epoch'])} of {_e(kept['epochs_run'])} by {_e(kept['by'])} ({_num(kept['value'])})"
+            + (", stopped early" if kept.get("stopped_early") else ""))
 
 
 def write_run_report(run_dir, metrics: dict) -> Path:
@@ -129,7 +136,8 @@ def write_run_report(run_dir, metrics: dict) -> Path:
     title = f"llmclf run: {metrics.get('model', '')}"
     summary = (f"model {_e(metrics.get('model'))}, {_e(o.get('trainable'))} trained, pooling {_e(o.get('pooling'))}, "
                f"{_e(o.get('epochs'))} epochs at lr {_e(o.get('lr'))} ({_e(o.get('schedule'))}); "
-               f"{_num(metrics.get('train_seconds'))} s; llmclf {_e(metrics.get('llmclf_version'))}")
+               f"{metrics.get('train_seconds', 0):.1f} s from data ready to metrics; llmclf {_e(metrics.get('llmclf_version'))}"
+               + kept_note(metrics.get("kept")))
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1><p class=note>{summary}</p>"
             + data_section(metrics) + metrics_section(metrics) + confusion_section(metrics)

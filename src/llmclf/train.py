@@ -34,7 +34,7 @@ from . import distributed
 from .data import BatchLoader, distinct_sequences, length_sorted_chunks, pack_prefix_trees, pad_batch
 from .errors import LlmclfError
 from .parallel import map_batches
-from .metrics import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
+from .metrics import calc_accuracy_loader, calc_loss_batch, calc_loss_loader, predict_loader
 from .models.common import Attend
 
 
@@ -369,6 +369,9 @@ class TrainState:
     order: list | None = None          # this epoch's example order
     history: list = field(default_factory=list)
     seconds: float = 0.0               # run time (data ready -> this checkpoint), earlier processes included
+    best_epoch: int | None = None      # --keep best: the epoch (1-based) whose weights are kept so far
+    best_value: float | None = None    # ... and its --keep-metric on the whole validation split
+    stopped_early: bool = False        # --patience ran out: training is over, whatever --epochs says
 
 
 def _examples_in_step(order, b: int, batch_size: int, grad_accum: int, n_batches: int) -> int:
@@ -421,13 +424,54 @@ class LrSchedule:
             group["lr"] = self.peak * self.factor(t)
 
 
+class KeepBest:
+    """--keep best: after each epoch, score the whole validation split by `metric` (macro_f1, accuracy: higher
+    is better; loss: lower) and hold a copy of the trainable weights of the best epoch so far (ties: the
+    earlier). With `patience`, training stops once that many epochs in a row have not improved on it. The
+    copy travels in checkpoints, so a resumed run keeps the same choice."""
+
+    def __init__(self, metric: str = "macro_f1", patience: int = 0):
+        self.metric, self.patience = metric, patience
+        self.weights: dict = {}  # parameter name -> tensor of the best epoch
+
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        if self.metric == "loss":
+            return float(F.cross_entropy(logits.float(), targets))
+        if self.metric == "accuracy":
+            return float((logits.argmax(-1) == targets).float().mean())
+        from sklearn.metrics import f1_score
+        return float(f1_score(targets.numpy(), logits.argmax(-1).numpy(), average="macro",
+                              labels=list(range(logits.shape[-1])), zero_division=0))
+
+    def improves(self, value: float, best: float | None) -> bool:
+        return best is None or (value < best if self.metric == "loss" else value > best)
+
+    def update(self, state: TrainState, model, val_loader, parallel=None) -> bool:
+        """Score the epoch just finished (recorded in its history row); True when patience has run out."""
+        logits, targets = predict_loader(val_loader, model) if parallel is None else gather_predictions(val_loader, model)[:2]
+        value = self.score(logits, targets)
+        state.history[-1]["val_score"] = value
+        if self.improves(value, state.best_value):
+            state.best_epoch, state.best_value = state.epoch, value
+            self.weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return bool(self.patience) and state.epoch - state.best_epoch >= self.patience
+
+    def restore(self, model) -> None:
+        """Put the best epoch's weights back into the model (before it is evaluated and saved)."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, t in self.weights.items():
+                params[name].copy_(t)
+
+
 def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
     return -(-n_batches // grad_accum)
 
 
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                             *, grad_accum=1, class_weight=None, state=None, on_step=None, log=print, progress=True,
-                            parallel: Parallel | None = None, autocast=None, schedule: LrSchedule | None = None):
+                            parallel: Parallel | None = None, autocast=None, schedule: LrSchedule | None = None,
+                            keeper: KeepBest | None = None):
     """Chapter 6's loop: AdamW steps on the cross-entropy of the pooled token's logits, an evaluation of
     train/validation loss every eval_freq steps on eval_iter batches, accuracy on eval_iter batches at
     each epoch end. Returns the book's (train_losses, val_losses, train_accs, val_accs, examples_seen);
@@ -436,7 +480,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
 
     parallel: this rank's part in a torchrun job (see Parallel); batches, evaluations and examples_seen are
     then global, the same on every rank. autocast: a context-manager factory wrapped around forwards
-    (bfloat16); backward runs outside it. schedule: the learning rate of each step (else the optimizer's)."""
+    (bfloat16); backward runs outside it. schedule: each step's learning rate. keeper: --keep best (KeepBest)."""
     from tqdm import tqdm
 
     amp = autocast or contextlib.nullcontext
@@ -447,6 +491,8 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     bar = tqdm(total=num_epochs * nb, initial=state.epoch * nb + state.batch, desc="train", unit="batch",
                disable=not progress, leave=False)
     for epoch in range(state.epoch, num_epochs):
+        if state.stopped_early:  # resumed after --patience had ended training: nothing is left to run
+            break
         if state.order is None:
             state.order = train_loader.order()
         model.train()
@@ -459,11 +505,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
             bar.update(1)
             if not ends_step:
                 continue
-            if schedule:
-                schedule.set(optimizer, state.global_step + 2)  # global_step counts from -1 (the book)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.global_step += 1
+            _optimizer_step(optimizer, schedule, state)
             if state.global_step % eval_freq == 0:
                 with amp():
                     tl = loss_loader(train_loader, model, eval_iter, class_weight)
@@ -477,10 +519,31 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
         _record(state, epoch, train_acc=ta, val_acc=va)
         log(f"Training accuracy: {ta * 100:.2f}% | Validation accuracy: {va * 100:.2f}%")
         state.epoch, state.batch, state.order = epoch + 1, 0, None
+        if keeper is not None:
+            with amp():
+                _judge_epoch(keeper, state, model, val_loader, parallel, log)
         if on_step:
             on_step(state, True)
+        if state.stopped_early:
+            break
     bar.close()
     return book_curves(state)
+
+
+def _optimizer_step(optimizer, schedule: LrSchedule | None, state: TrainState) -> None:
+    """One AdamW step at the schedule's rate for it (else the optimizer's own)."""
+    if schedule:
+        schedule.set(optimizer, state.global_step + 2)  # global_step counts from -1 (the book)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.global_step += 1
+
+
+def _judge_epoch(keeper: KeepBest, state: TrainState, model, val_loader, parallel, log) -> None:
+    """--keep best at an epoch end: score it on the whole validation split, and stop once patience runs out."""
+    state.stopped_early = keeper.update(state, model, val_loader, parallel)
+    log(f"Epoch {state.epoch}: validation {keeper.metric} {state.history[-1]['val_score']:.4f} (best: epoch "
+        f"{state.best_epoch}, {state.best_value:.4f})" + ("; stopping early" if state.stopped_early else ""))
 
 
 def book_curves(state: TrainState):

@@ -74,6 +74,10 @@ async function loadModel() {
     const test = info.metrics && info.metrics.test;
     if (test && typeof test.accuracy === "number") parts.push(`test accuracy ${pct(test.accuracy)}`);
     if (test && typeof test.f1 === "number") parts.push(`F1 ${test.f1.toFixed(3)}`);
+    const d = info.decision;
+    if (d && typeof d.threshold === "number") {
+      parts.push(`${d.positive_label} when its probability is at least ${d.threshold.toFixed(3)} (${d.target})`);
+    }
     $("model-info").textContent = parts.join(" · ");
   } catch (e) {
     $("model-info").textContent = "Model information unavailable.";
