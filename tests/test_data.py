@@ -207,3 +207,33 @@ def test_validation_file_alone_is_refused():
     from llmclf.options import FinetuneOptions, check_options
     with pytest.raises(LlmclfError, match="--test-file needs the training data as a file too: --train-file FILE"):
         check_options(FinetuneOptions(out="x", test_file="t.csv"))
+
+
+def test_data_json_reports_rows_skipped_classes_and_what_the_cut_drops(tmp_path, gpt2_tokenizer):
+    from conftest import GPT2_TOKENIZER_DIR, run_cli
+    words = "the quick brown fox jumps over a lazy dog while rain falls on the quiet town".split()
+    rows = [{"review": " ".join(words[: 3 + i % 14] * (1 + i % 3)), "verdict": "good" if i % 2 else "bad"}
+            for i in range(80)]
+    rows += [{"review": "  ", "verdict": "good"}, {"review": "", "verdict": "bad"},  # two empty texts
+             {"review": "no label here", "verdict": None}, {"review": "nor here", "verdict": None},
+             {"review": "nor here either", "verdict": None}]
+    f = tmp_path / "reviews.csv"
+    pd.DataFrame(rows).to_csv(f, index=False)
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--tokenizer-dir", GPT2_TOKENIZER_DIR,
+                "--epochs", "1", "--context-length", "16", "--blend", "off", "--no-baseline", "--data-file", f,
+                "--out", out)
+    assert r.returncode == 0, r.stderr
+    d = json.loads((out / "data.json").read_text())
+    assert d["read"]["data"]["rows"] == 85 and d["read"]["data"]["kept"] == 80
+    assert d["read"]["data"]["skipped"] == {"no label": 3, "empty text": 2}
+    assert d["read"]["data"]["columns"] == {"text": "review", "label": "verdict"} and d["max_length"] == 16
+    for split in ("train", "validation", "test"):
+        df = pd.read_csv(out / f"{split}.csv", dtype=str, keep_default_na=False)
+        rep = d["splits"][split]
+        assert rep["rows"] == len(df) and rep["class_counts"] == {k: int((df["label"] == k).sum()) for k in ("bad", "good")}
+        n = [len(e) for e in gpt2_tokenizer.encode_batch(df["text"].tolist())]
+        assert rep["tokens"]["cut"] == sum(x > 16 for x in n) and rep["tokens"]["max"] == max(n)
+        assert rep["tokens"]["tokens_dropped_share"] == pytest.approx(sum(max(0, x - 16) for x in n) / sum(n), abs=1e-4)
+    t = d["splits"]["train"]["tokens"]
+    assert t["cut"] > 0 and f"texts cut: train {t['cut']} of {t['texts']}" in r.stderr

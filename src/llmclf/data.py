@@ -14,7 +14,7 @@ import io
 import re
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +230,8 @@ def read_table(path, text_column: str | None = None, label_column: str | None = 
         raise LlmclfError(f"{path}: need a text column and a label column, found {df.shape[1]} column(s)")
     tcol, lcol = _choose_columns(df, text_column, label_column, path)
     out = clean_frame(pd.DataFrame({"text": df[tcol], "label": df[lcol]}), str(path))
+    out.attrs["read"] = {"file": str(path), "rows": len(df), "columns": {"text": str(tcol), "label": str(lcol)},
+                         "header": isinstance(tcol, str), **out.attrs.get("read", {})}
     _refuse_unique_labels(out, lcol, path)
     header = "" if isinstance(tcol, str) else "no header row; "
     warn(f"{path}: {header}text {_column(tcol)}, label {_column(lcol)} ({out['label'].nunique()} classes)")
@@ -250,6 +252,7 @@ def clean_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
     if (~keep).sum():
         warn(f"{where}: skipped {int((~keep).sum())} row(s) with an empty text")
     out = pd.DataFrame({"text": text[keep].values, "label": labels[keep].astype(str).str.strip().values})
+    out.attrs["read"] = {"skipped": {"no label": n - len(df), "empty text": int((~keep).sum())}, "kept": len(out)}
     if out.empty:
         raise LlmclfError(f"{where}: no usable rows (every text is empty or every label missing)")
     return out
@@ -356,6 +359,7 @@ class PreparedData:
     labels: list[str]
     source: str
     class_counts: dict
+    read: dict = field(default_factory=dict)  # per file read: rows, rows skipped and why, the columns used
 
 
 def _refuse_tiny_classes(counts: dict, need: int, source: str) -> None:
@@ -401,9 +405,40 @@ def load_data(opts):
         df, source = read_table(path, opts.text_column, opts.label_column), str(path)
     given = {s: getattr(opts, f"{s}_file") for s in ("validation", "test") if getattr(opts, f"{s}_file")}
     if not given:
-        return prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed)
+        data = prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed)
+        data.read = {"data": df.attrs.get("read", {"rows": len(df)})}
+        return data
     frames = {s: read_table(f, opts.text_column, opts.label_column) for s, f in given.items()}
-    return prepare_given_splits(df, frames, source, given, opts.balance, tuple(opts.split), opts.seed)
+    data = prepare_given_splits(df, frames, source, given, opts.balance, tuple(opts.split), opts.seed)
+    data.read = {"train": df.attrs.get("read", {}), **{s: f.attrs.get("read", {}) for s, f in frames.items()}}
+    return data
+
+
+def token_lengths(texts, tokenizer, max_length: int) -> dict:
+    """Token-length percentiles of texts and how many the cut at max_length shortens, and by how much.
+    Texts are counted up to 16 x max_length tokens (a longer one counts as that), which bounds the cost."""
+    cap = 16 * max_length
+    n = np.array([len(e) for e in tokenizer.encode_batch(list(texts), cap)]) if len(texts) else np.zeros(0, int)
+    if not len(n):
+        return {"texts": 0}
+    over = np.clip(n - max_length, 0, None)
+    return {"texts": int(len(n)), "mean": round(float(n.mean()), 1),
+            **{f"p{q}": int(np.percentile(n, q)) for q in (50, 90, 99)}, "max": int(n.max()),
+            "cut": int((over > 0).sum()), "cut_share": round(float((over > 0).mean()), 4),
+            "tokens_dropped_share": round(float(over.sum() / max(n.sum(), 1)), 4),
+            "mean_tokens_dropped_when_cut": round(float(over[over > 0].mean()), 1) if (over > 0).any() else 0.0,
+            "counted_up_to": cap}
+
+
+def data_report(data: PreparedData, tokenizer, max_length: int, balanced: bool) -> dict:
+    """RUN_DIR/data.json: where the data came from, what was read and skipped, the classes per split, token
+    lengths and how much the cut at max_length drops."""
+    splits = {s: getattr(data, s) for s in ("train", "validation", "test")}
+    return {"source": data.source, "read": data.read, "labels": data.labels,
+            "class_counts_before_balancing": data.class_counts, "balanced": balanced, "max_length": max_length,
+            "splits": {s: {"rows": len(df), "class_counts": {lab: int((df["label"] == lab).sum()) for lab in data.labels},
+                           "tokens": token_lengths(df["text"].tolist(), tokenizer, max_length)}
+                       for s, df in splits.items()}}
 
 
 def prepare_given_splits(df: pd.DataFrame, frames: dict, source: str, files: dict, balance: bool, split,

@@ -27,7 +27,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .classifier import TextClassifier, count_parameters, set_trainable
 from .baseline import beside_run, probability_metrics
 from .blend import TfidfBlend, choose_weight, mix
-from .data import ClassificationDataset, load_data
+from .data import ClassificationDataset, data_report, load_data
 from .decision import BINNING, Decision, calibrate, calibration_scores, choose_threshold, fit_temperature, rates
 from .errors import LlmclfError
 from .metrics import classification_metrics, plot_reliability, plot_roc_pr, plot_values, predict_loader
@@ -205,12 +205,27 @@ def tokenize_splits(job: Job, data, model, tokenizer) -> tuple[dict, int]:
             "test": ClassificationDataset(data.test, tokenizer, data.labels, max_length)}, max_length
 
 
-def write_split(job: Job, data) -> None:
-    """The options (what --resume continues with) and the split, first in the run directory."""
+def write_split(job: Job, data, report: dict) -> None:
+    """The options (what --resume continues with), the data report and the split, first in the run directory."""
     if job.main:
         atomic_write_text(job.out / RUN_OPTIONS, json.dumps(asdict(job.opts), indent=2))
+        atomic_write_text(job.out / "data.json", json.dumps(report, indent=2, ensure_ascii=False))
         for split in ("train", "validation", "test"):
             getattr(data, split).to_csv(job.out / f"{split}.csv", index=False)
+
+
+def say_cuts(job: Job, report: dict) -> None:
+    """One line before training: how many texts the cut at max_length shortens (none is silent)."""
+    if not report:
+        return
+    parts = []
+    for split, r in report["splits"].items():
+        t = r["tokens"]
+        if t.get("cut"):
+            parts.append(f"{split} {t['cut']} of {t['texts']} ({100 * t['cut_share']:.1f}%, "
+                         f"{100 * t['tokens_dropped_share']:.1f}% of tokens)")
+    job.log(f"max_length {report['max_length']} tokens: " + ("texts cut: " + "; ".join(parts) if parts else
+                                                             "no text is cut") + " (data.json)")
 
 
 def class_weight(job: Job, dataset, num_classes: int):
@@ -553,9 +568,11 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
     model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, len(data.labels)))
     model.to(job.device)
     datasets, max_length = tokenize_splits(job, data, model, tokenizer)
+    report = data_report(data, tokenizer, max_length, opts.balance) if job.main else {}
+    say_cuts(job, report)
     run_dir = None if resuming else distributed.from_main(lambda: prepare_output_dir(job.out, "run", opts.overwrite))
     try:
-        write_split(job, data)
+        write_split(job, data, report)
         with job.amp():
             loaders, cache_info = make_loaders(model, datasets, opts.batch_size, job.device, seed=opts.seed,
                                                cache=opts.cache, log=job.log, store=cache_store)

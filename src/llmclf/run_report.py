@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -122,6 +123,25 @@ def data_section(m: dict) -> str:
     return "<h2>Data</h2>" + _table(None, rows, left=2)
 
 
+def splits_section(run_dir: Path) -> str:
+    """Classes and token lengths per split, from RUN_DIR/data.json."""
+    f = run_dir / "data.json"
+    if not f.is_file():
+        return ""
+    d = json.loads(f.read_text(encoding="utf-8"))
+    rows = []
+    for split, r in d.get("splits", {}).items():
+        t = r.get("tokens", {})
+        counts = ", ".join(f"{k} {v}" for k, v in r.get("class_counts", {}).items())
+        rows.append([_e(split), _e(r.get("rows")), _e(counts), *(_e(t.get(k, "")) for k in ("p50", "p90", "max")),
+                     _e(f"{t.get('cut', 0)} ({_num(t.get('cut_share'), True)})")])
+    skipped = "; ".join(f"{_e(name)}: {_e(r.get('rows'))} rows read, skipped "
+                        + ", ".join(f"{v} ({_e(k)})" for k, v in r.get("skipped", {}).items())
+                        for name, r in d.get("read", {}).items() if r.get("skipped"))
+    return (_table(["split", "rows", "classes", "tokens p50", "p90", "max", f"cut at {d.get('max_length')}"], rows, left=3)
+            + (f"<p class=note>{skipped}</p>" if skipped else ""))
+
+
 def kept_note(kept: dict | None) -> str:
     if not kept or kept.get("weights") != "best":
         return ""
@@ -140,7 +160,7 @@ def write_run_report(run_dir, metrics: dict) -> Path:
                + kept_note(metrics.get("kept")))
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1><p class=note>{summary}</p>"
-            + data_section(metrics) + metrics_section(metrics) + confusion_section(metrics)
+            + data_section(metrics) + splits_section(run_dir) + metrics_section(metrics) + confusion_section(metrics)
             + decision_section(metrics) + plots_section(run_dir) + errors_section(run_dir) + "</body></html>")
     atomic_write_text(run_dir / REPORT, page)
     return run_dir / REPORT
