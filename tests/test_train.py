@@ -268,3 +268,16 @@ def test_keep_best_restores_the_best_epoch_and_patience_stops_an_overfitting_run
     keeper.restore(model)
     logits, targets = predict_loader(loaders["validation"], model)
     assert keeper.score(logits, targets) == pytest.approx(state.best_value, abs=1e-6)  # the best epoch's weights
+
+
+def test_frozen_pass_shows_tokens_done_and_rate_when_asked(capsys):
+    torch.manual_seed(0)
+    backbone = build_model(replace(MODELS["gpt2-tiny"].config, n_layers=3))
+    model = set_trainable(TextClassifier(backbone, 2), "last_block")
+    data = FakeDataset(30, backbone.cfg.vocab_size, 1)
+    quiet = compute_prefix_cache(model, data.encoded, 2, "cpu", 0)
+    assert "frozen pass" not in capsys.readouterr().err  # off by default (and under --quiet, or without a tty)
+    shown = compute_prefix_cache(model, data.encoded, 2, "cpu", 0, progress=True)
+    err = capsys.readouterr().err
+    assert "frozen pass" in err and "tok/s" in err
+    assert all(torch.equal(a, b) for a, b in zip(quiet, shown))  # the bar changes nothing

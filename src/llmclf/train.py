@@ -69,7 +69,7 @@ def _prefix_tree_batch(rows, pad_id, device):
 
 
 @torch.inference_mode()
-def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=None, max_tokens=1024):
+def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=None, max_tokens=1024, progress=False):
     """Hidden states entering block `start` for every text (pooled vectors when start == n_layers).
 
     Each distinct token sequence is computed once, and with the causal mask so is each shared prefix: texts
@@ -80,7 +80,10 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
 
     Under torchrun the chunks are dealt round-robin (rank r computes chunks r, r+N, ...) and the states
     all-gathered, so every rank holds the whole cache for 1/N of the work. Each text is computed in the very
-    chunk one process would compute it in, so the cache is the same as in a one-process run."""
+    chunk one process would compute it in, so the cache is the same as in a one-process run.
+    progress: a bar of the tokens computed (padded, as the chunks run them), with tokens/s and time left."""
+    from tqdm import tqdm
+
     seqs, slots = distinct_sequences(encoded)
     pooled = start == len(model.blocks)
     out = [None] * len(seqs)
@@ -99,7 +102,10 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
     else:
         plan = _padded_plan(model, seqs, start, device, pad_id, fixed_length, max_tokens, keep)
     w, r = distributed.world(), distributed.rank()
-    map_batches(plan.run, plan.chunks[r::w], device, cost=plan.cost)  # rank r's chunks: r, r+N, ...
+    mine = plan.chunks[r::w]  # rank r's chunks: r, r+N, ...
+    with tqdm(total=sum(map(plan.cost, mine)), desc="frozen pass", unit="tok", unit_scale=True, leave=False,
+              disable=not progress) as bar:
+        map_batches(lambda chunk: (plan.run(chunk), bar.update(plan.cost(chunk))), mine, device, cost=plan.cost)
     model.train(was_training)
     if w > 1:
         _gather_cache(out, plan, device)
@@ -221,7 +227,7 @@ def cached_loader(cache, targets, start, batch_size, device, *, shuffle=False, d
 
 
 def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, cache="auto", log=print,
-                 store: PrefixCacheStore | None = None):
+                 store: PrefixCacheStore | None = None, progress: bool = False):
     """Train/validation/test loaders; cached when `cache` is "on", or "auto" and the cache is exact.
     Returns (loaders, info) where info says whether the cache is used, from which block, and its time.
     With a `store`, a cache an earlier run computed for the same frozen weights and texts is reused."""
@@ -242,7 +248,7 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
         states = store.get(key) if store is not None else None
         info["cache_reused"] = states is not None
         if states is None:
-            states = compute_prefix_cache(model, encoded, start, device, pad_id, fixed)
+            states = compute_prefix_cache(model, encoded, start, device, pad_id, fixed, progress=progress)
             if store is not None:
                 store.put(key, states)
     offset = 0
