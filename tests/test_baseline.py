@@ -72,3 +72,18 @@ def test_when_a_blend_is_saved_the_verdict_is_about_the_llm_alone(tmp_path, sms_
     assert line.endswith("-- it beats the LLM alone on validation")
     assert "beats the LLM alone on validation; the blend below weighs the two on it" in r.stderr
     assert "the better classifier" not in r.stderr
+
+
+def test_per_class_scores_are_sklearns_in_label_order():
+    import torch
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from llmclf.metrics import classification_metrics
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0])
+    logits = torch.eye(3)[torch.tensor([0, 1, 1, 1, 2, 0, 2, 0])] * 5  # predicted: 0 1 1 1 2 0 2 0
+    m = classification_metrics(logits, y, 3)
+    p, r, f, n = precision_recall_fscore_support(y.numpy(), logits.argmax(1).numpy(), labels=[0, 1, 2])
+    assert [c["support"] for c in m["per_class"]] == n.tolist() == [3, 2, 3]
+    assert [c["f1"] for c in m["per_class"]] == pytest.approx(f.tolist())
+    assert [c["recall"] for c in m["per_class"]] == pytest.approx([2 / 3, 1.0, 2 / 3])
+    assert sum(c["f1"] for c in m["per_class"]) / 3 == pytest.approx(m["macro_f1"])

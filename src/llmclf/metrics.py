@@ -50,7 +50,8 @@ def predict_loader(loader, model, num_batches: int | None = None):
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int,
                            with_curves: bool = False) -> dict:
     """accuracy, macro_f1, loss, precision, recall, f1 (binary: positive class 1; multiclass: macro),
-    balanced_accuracy; with_curves adds the confusion matrix and (binary) ROC AUC."""
+    balanced_accuracy, per_class (precision, recall, F1, support per label); with_curves adds the confusion
+    matrix and (binary) ROC AUC."""
     from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support,
                                  roc_auc_score)
 
@@ -65,6 +66,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
                                                  pos_label=1, zero_division=0)
     macro = precision_recall_fscore_support(y, pred, average="macro", labels=list(range(num_classes)),
                                             zero_division=0)[2]
+    per_class = zip(*precision_recall_fscore_support(y, pred, labels=list(range(num_classes)), zero_division=0))
     out = {
         "accuracy": float((pred == y).mean()),
         "macro_f1": float(macro),  # every class weighs the same: what --recipe auto and the blend choose by
@@ -72,6 +74,9 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
         "precision": float(p), "recall": float(r), "f1": float(f),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
         "num_examples": int(len(y)),
+        # in the order of the labels: what macro-F1 averages, and where a rare class hides in the accuracy
+        "per_class": [{"precision": float(pc), "recall": float(rc), "f1": float(fc), "support": int(n)}
+                      for pc, rc, fc, n in per_class],
     }
     if with_curves:
         out["confusion_matrix"] = confusion_matrix(y, pred, labels=list(range(num_classes))).tolist()
