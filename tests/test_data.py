@@ -237,3 +237,18 @@ def test_data_json_reports_rows_skipped_classes_and_what_the_cut_drops(tmp_path,
         assert rep["tokens"]["tokens_dropped_share"] == pytest.approx(sum(max(0, x - 16) for x in n) / sum(n), abs=1e-4)
     t = d["splits"]["train"]["tokens"]
     assert t["cut"] > 0 and f"texts cut: train {t['cut']} of {t['texts']}" in r.stderr
+
+
+def test_balance_ratio_keeps_the_majority_at_most_r_times_the_minority(sms_file):
+    from llmclf.data import load_data
+    from llmclf.options import FinetuneOptions, check_options
+    one = load_data(check_options(FinetuneOptions(out="x", data_file=str(sms_file))))
+    three = load_data(check_options(FinetuneOptions(out="x", data_file=str(sms_file), balance_ratio=3.0)))
+
+    def counts(d):
+        frames = pd.concat([d.train, d.validation, d.test])
+        return frames["label"].value_counts().to_dict()
+    assert counts(one) == {"ham": 747, "spam": 747}  # the book's 1:1
+    assert counts(three) == {"ham": 3 * 747, "spam": 747}
+    with pytest.raises(LlmclfError, match="--balance-ratio must be a number of at least 1"):
+        check_options(FinetuneOptions(out="x", balance_ratio=0.5))

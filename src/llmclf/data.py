@@ -324,9 +324,10 @@ def load_sms_spam() -> tuple[pd.DataFrame, str]:
 
 # ---------------------------------------------------------------- balancing and splitting
 
-def create_balanced_dataset(df: pd.DataFrame, seed: int = 123) -> pd.DataFrame:
-    """Undersample every class to the size of the smallest (the book: ham sampled down to the spam count)."""
-    n = df["label"].value_counts().min()
+def create_balanced_dataset(df: pd.DataFrame, seed: int = 123, ratio: float = 1.0) -> pd.DataFrame:
+    """Undersample every class to the size of the smallest (the book: ham sampled down to the spam count), or
+    with `ratio` R to at most R times that size (R = 3: ham kept 3:1, closer to what a filter meets)."""
+    n = int(df["label"].value_counts().min() * ratio)
     parts = []
     for label in sorted(df["label"].unique()):
         part = df[df["label"] == label]
@@ -375,7 +376,7 @@ def _refuse_tiny_classes(counts: dict, need: int, source: str) -> None:
 
 
 def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7, 0.1), seed: int = 123,
-                 need_test: bool = True) -> PreparedData:
+                 need_test: bool = True, balance_ratio: float = 1.0) -> PreparedData:
     """Balance (if asked) and split at random; `need_test` False: the test split is the user's own file."""
     counts = {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
     if len(counts) < 2:
@@ -386,7 +387,7 @@ def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7
         raise LlmclfError(f"--split {train_frac} {val_frac}: need 0 < train < 1, 0 <= validation, train + validation < 1")
     _refuse_tiny_classes(counts, 1 + need_test + (val_frac > 0), source)
     if balance:
-        df = create_balanced_dataset(df, seed)
+        df = create_balanced_dataset(df, seed, balance_ratio)
     train, val, test = random_split(df, train_frac, val_frac, seed)
     if len(train) < 2 or (need_test and len(test) < 1):
         raise LlmclfError(f"{source}: too few rows ({len(df)}) for a train/validation/test split")
@@ -405,11 +406,13 @@ def load_data(opts):
         df, source = read_table(path, opts.text_column, opts.label_column), str(path)
     given = {s: getattr(opts, f"{s}_file") for s in ("validation", "test") if getattr(opts, f"{s}_file")}
     if not given:
-        data = prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed)
+        data = prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed,
+                            balance_ratio=opts.balance_ratio)
         data.read = {"data": df.attrs.get("read", {"rows": len(df)})}
         return data
     frames = {s: read_table(f, opts.text_column, opts.label_column) for s, f in given.items()}
-    data = prepare_given_splits(df, frames, source, given, opts.balance, tuple(opts.split), opts.seed)
+    data = prepare_given_splits(df, frames, source, given, opts.balance, tuple(opts.split), opts.seed,
+                                opts.balance_ratio)
     data.read = {"train": df.attrs.get("read", {}), **{s: f.attrs.get("read", {}) for s, f in frames.items()}}
     return data
 
@@ -442,14 +445,14 @@ def data_report(data: PreparedData, tokenizer, max_length: int, balanced: bool) 
 
 
 def prepare_given_splits(df: pd.DataFrame, frames: dict, source: str, files: dict, balance: bool, split,
-                         seed: int) -> PreparedData:
+                         seed: int, balance_ratio: float = 1.0) -> PreparedData:
     """The training data balanced (if asked) and the splits without a file of their own carved from it, each
     by its own --split fraction (validation: the second, test: the rest); the given splits as they are."""
     train_frac, val_frac = split
     carve_val = 0.0 if "validation" in frames else val_frac
     carve_test = 0.0 if "test" in frames else 1.0 - train_frac - val_frac
     base = prepare_data(df, source, balance, (1.0 - carve_val - carve_test, carve_val), seed,
-                        need_test=carve_test > 0)
+                        need_test=carve_test > 0, balance_ratio=balance_ratio)
     carved = {"validation": base.validation, "test": base.test}
     for split_name, frame in frames.items():
         unknown = sorted(set(frame["label"]) - set(base.labels))

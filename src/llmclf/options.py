@@ -50,6 +50,8 @@ class FinetuneOptions:
     text_column: str | None = opt(None, "text column (default: text/message/sms/... or judged by content)")
     label_column: str | None = opt(None, "label column (default: label/class/category/... or judged by content)")
     balance: bool = opt(True, "undersample to the smallest class, as the book does", switch=True)
+    balance_ratio: float = opt(1.0, "--balance: keep each class at most this many times the smallest (1: the "
+                               "book's 1:1; 3: e.g. ham 3:1)")
     split: tuple = opt((0.7, 0.1), "train and validation fractions; the rest is test", nargs=2,
                        metavar=("TRAIN", "VAL"))
     seed: int = opt(123, "seed of the split, the head's initialisation and the data order")
@@ -197,7 +199,7 @@ def coerce(key: str, value, name: str):
 
 
 DATA_KEYS = ("dataset", "data_file", "train_file", "validation_file", "test_file", "text_column", "label_column",
-             "balance", "split", "seed")
+             "balance", "balance_ratio", "split", "seed")
 MODEL_KEYS = ("model", "weights", "tokenizer_dir")
 
 
@@ -223,6 +225,8 @@ def check_options(opts: FinetuneOptions, where: str | None = None) -> FinetuneOp
         v = getattr(opts, key)
         if not math.isfinite(v) or v < 0 or (positive and v == 0):
             raise LlmclfError(f"{name(key)} must be a {'positive' if positive else 'non-negative'} number, not {v}")
+    if not (math.isfinite(opts.balance_ratio) and opts.balance_ratio >= 1):
+        raise LlmclfError(f"{name('balance_ratio')} must be a number of at least 1, not {opts.balance_ratio}")
     if not 0 <= opts.warmup <= 1:
         raise LlmclfError(f"{name('warmup')} must be a fraction from 0 to 1, not {opts.warmup}")
     _check_split(opts.split, name("split"))
