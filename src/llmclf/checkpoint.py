@@ -55,15 +55,14 @@ def load_checkpoint(run_dir: Path, model, optimizer, loader, best: dict | None =
     params = dict(model.named_parameters())
     with torch.no_grad():
         for key, t in tensors.items():
-            if key.startswith("param."):
-                name = key[len("param."):]
-                if name not in params or params[name].shape != t.shape:
-                    raise LlmclfError(f"{path}: checkpoint does not fit this model ({name})")
+            kind, _, name = key.partition(".")
+            if kind not in ("param", "best") or (kind == "best" and best is None):
+                continue
+            if name not in params or params[name].shape != t.shape:
+                raise LlmclfError(f"{path}: checkpoint does not fit this model ({name})")
+            if kind == "param":
                 params[name].copy_(t)
-            elif key.startswith("best.") and best is not None:
-                name = key[len("best."):]
-                if name not in params or params[name].shape != t.shape:
-                    raise LlmclfError(f"{path}: checkpoint does not fit this model ({name})")
+            else:
                 best[name] = t.to(params[name].device)
     opt_state = {}
     for key, t in tensors.items():

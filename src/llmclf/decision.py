@@ -110,6 +110,20 @@ def rates(scores, positive, threshold: float) -> dict:
             "flagged": tp + fp, "false_positives": fp, "false_negatives": fn}
 
 
+def _rates_at_every_cut(scores, positive, cuts) -> dict:
+    """rates() at every cut at once (arrays), from sorted scores: O(N log N), not a pass per cut."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    pos, neg = np.sort(s[y]), np.sort(s[~y])
+    tp = (len(pos) - np.searchsorted(pos, cuts, "left")).astype(np.float64)  # scores >= cut
+    fp = (len(neg) - np.searchsorted(neg, cuts, "left")).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 1.0)
+        recall = tp / len(pos) if len(pos) else np.zeros_like(tp)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    fpr = fp / len(neg) if len(neg) else np.zeros_like(fp)
+    return {"precision": precision, "recall": recall, "f1": f1, "false_positive_rate": fpr, "flagged": tp + fp}
+
+
 def choose_threshold(scores, positive, target: str) -> tuple[float, bool]:
     """(threshold, whether the target is met on these examples). The candidates lie midway between
     consecutive distinct scores (and 0.5 stays the tie-breaker for best_f1); best_f1 takes the highest F1;
@@ -118,18 +132,19 @@ def choose_threshold(scores, positive, target: str) -> tuple[float, bool]:
     name, a = parse_target(target)
     s = np.unique(np.asarray(scores, dtype=np.float64))
     cuts = np.concatenate([[0.0], (s[:-1] + s[1:]) / 2, [np.nextafter(s[-1], 2.0)]]) if len(s) else np.array([0.5])
-    table = [rates(scores, positive, t) for t in cuts]
+    r = _rates_at_every_cut(scores, positive, cuts)
+    every = range(len(cuts))
     if name == "best_f1":
-        return max(table, key=lambda r: (r["f1"], -abs(r["threshold"] - 0.5)))["threshold"], True
-    meets = {"max_fpr": lambda r: r["false_positive_rate"] <= a + 1e-12,
-             "min_precision": lambda r: r["flagged"] > 0 and r["precision"] >= a - 1e-12,
-             "min_recall": lambda r: r["recall"] >= a - 1e-12}[name]
-    ok = [r for r in table if meets(r)]
-    if not ok:
+        return float(cuts[max(every, key=lambda i: (r["f1"][i], -abs(cuts[i] - 0.5)))]), True
+    meets = {"max_fpr": r["false_positive_rate"] <= a + 1e-12,
+             "min_precision": (r["flagged"] > 0) & (r["precision"] >= a - 1e-12),
+             "min_recall": r["recall"] >= a - 1e-12}[name]
+    ok = np.flatnonzero(meets)
+    if not len(ok):
         return 0.5, False
     if name == "min_recall":
-        return min(ok, key=lambda r: (r["false_positive_rate"], -r["threshold"]))["threshold"], True
-    return max(ok, key=lambda r: (r["recall"], r["threshold"]))["threshold"], True
+        return float(cuts[min(ok, key=lambda i: (r["false_positive_rate"][i], -cuts[i]))]), True
+    return float(cuts[max(ok, key=lambda i: (r["recall"][i], cuts[i]))]), True
 
 
 # ------------------------------------------------------------------------------ the saved decision rule

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .decision import rates
+
 
 def calc_loss_batch(batch: dict, model, weight=None) -> torch.Tensor:
     """Cross-entropy of one batch (the book's calc_loss_batch: the class comes from one token's logits)."""
@@ -144,17 +146,16 @@ def plot_roc_pr(scores, positive, threshold, path, positive_label: str = "positi
     s, y = np.asarray(scores), np.asarray(positive, dtype=bool)
     fpr, tpr, _ = roc_curve(y, s)
     prec, rec, _ = precision_recall_curve(y, s)
-    pred = s >= threshold
-    tp, fp = (pred & y).sum(), (pred & ~y).sum()
+    at = rates(s, y, threshold)
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.6))
     a.plot(fpr, tpr)
-    a.plot([fp / max((~y).sum(), 1)], [tp / max(y.sum(), 1)], "o", color="tab:red", label=f"threshold {threshold:.3f}")
+    a.plot([at["false_positive_rate"]], [at["recall"]], "o", color="tab:red", label=f"threshold {threshold:.3f}")
     a.set_xlabel("False-positive rate")
     a.set_ylabel("True-positive rate (recall)")
     a.set_title(f"ROC ({positive_label})", fontsize=10)
     a.legend(fontsize=8, loc="lower right")
     b.plot(rec, prec)
-    b.plot([tp / max(y.sum(), 1)], [tp / max(tp + fp, 1)], "o", color="tab:red")
+    b.plot([at["recall"]], [at["precision"]], "o", color="tab:red")
     b.set_xlabel("Recall")
     b.set_ylabel("Precision")
     b.set_title(f"Precision-recall ({positive_label})", fontsize=10)

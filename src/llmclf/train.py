@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from . import distributed
+from .blend import macro_f1
 from .data import BatchLoader, distinct_sequences, length_sorted_chunks, pack_prefix_trees, pad_batch
 from .errors import LlmclfError
 from .parallel import map_batches
@@ -445,9 +446,7 @@ class KeepBest:
             return float(F.cross_entropy(logits.float(), targets))
         if self.metric == "accuracy":
             return float((logits.argmax(-1) == targets).float().mean())
-        from sklearn.metrics import f1_score
-        return float(f1_score(targets.numpy(), logits.argmax(-1).numpy(), average="macro",
-                              labels=list(range(logits.shape[-1])), zero_division=0))
+        return macro_f1(logits.numpy(), targets.numpy(), logits.shape[-1])  # what the blend is chosen by
 
     def improves(self, value: float, best: float | None) -> bool:
         return best is None or (value < best if self.metric == "loss" else value > best)
