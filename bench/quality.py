@@ -400,6 +400,24 @@ def _ms(vals, pct=True):
     return f"{m:.2f} ± {np.std(vals, ddof=1) * k:.2f}"
 
 
+def choice_rows(rows: list[dict], spec: str) -> list[dict]:
+    """`--choose NAME=A,B`: per data set and seed, the row of the candidate --pooling auto would keep (the
+    best saved validation macro-F1, ties: the earlier, as llmclf.search.choose), as recipe NAME. Its job
+    time is what one such `llmclf train` spends: every candidate's training, one frozen pass."""
+    name, _, cands = spec.partition("=")
+    cands = cands.split(",")
+    out = []
+    for (ds, seed) in dict.fromkeys((r["dataset"], r["seed"]) for r in rows):
+        got = {r["recipe"]: r for r in rows if (r["dataset"], r["seed"]) == (ds, seed) and r["recipe"] in cands}
+        if len(got) < len(cands):
+            continue
+        tried = [got[c] for c in cands]
+        best = max(tried, key=lambda r: r["saved"]["validation"]["f1"])
+        job = sum(r["job_seconds_est"] for r in tried) - sum(r["first_cache_seconds"] or 0 for r in tried[1:])
+        out.append({**best, "recipe": name, "chosen": best["recipe"], "job_seconds_est": round(job, 1)})
+    return out
+
+
 def table(rows: list[dict], report: str) -> str:
     """Per data set: TF-IDF + LR, then per recipe what `llmclf train` saves and its LLM alone (mean ± sd over
     seeds); `vs TF-IDF` is the saved classifier's mean macro-F1 minus TF-IDF's on the same seeds, in points."""
@@ -407,22 +425,24 @@ def table(rows: list[dict], report: str) -> str:
     for r in rows:
         by.setdefault(r["dataset"], {}).setdefault(r["recipe"], []).append(r)
     split = "validation" if report == "val" else "test"
-    head = f"| data set | model | seeds | {split} macro-F1 | {split} accuracy | vs TF-IDF | job s |"
+    head = f"| data set | model | seeds | {split} macro-F1 | {split} accuracy | vs TF-IDF | job s | max job s |"
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for ds, recipes in by.items():
         tf = {r["seed"]: r["tfidf"] for rs in recipes.values() for r in rs}
         tfl = [tf[k][split] for k in sorted(tf)]
         out.append(f"| {ds} | TF-IDF + LR | {len(tfl)} | {_ms([t['f1'] for t in tfl])} | "
-                   f"{_ms([t['acc'] for t in tfl])} | | {np.mean([tf[k]['seconds'] for k in tf]):.1f} |")
+                   f"{_ms([t['acc'] for t in tfl])} | | {np.mean([tf[k]['seconds'] for k in tf]):.1f} | |")
         for name, rs in recipes.items():
             saved = [r["saved"][split] if "saved" in r else r["blend"][split] for r in rs]
             gain = (np.mean([x["f1"] for x in saved]) - np.mean([tf[r["seed"]][split]["f1"] for r in rs])) * 100
             out.append(f"| {ds} | llmclf `{name}` | {len(rs)} | {_ms([x['f1'] for x in saved])} | "
                        f"{_ms([x['acc'] for x in saved])} | {gain:+.2f} | "
-                       f"{np.mean([r['job_seconds_est'] for r in rs]):.0f} |")
+                       f"{np.mean([r['job_seconds_est'] for r in rs]):.0f} | "
+                       f"{max(r['job_seconds_est'] for r in rs):.0f} |")
             alone = [r["llm"][split] for r in rs]
-            out.append(f"| {ds} | &nbsp; LLM alone | {len(rs)} | {_ms([x['f1'] for x in alone])} | "
-                       f"{_ms([x['acc'] for x in alone])} | | |")
+            chosen = " (kept: " + ", ".join(r["chosen"] for r in rs) + ")" if "chosen" in rs[0] else ""
+            out.append(f"| {ds} | &nbsp; LLM alone{chosen} | {len(rs)} | {_ms([x['f1'] for x in alone])} | "
+                       f"{_ms([x['acc'] for x in alone])} | | | |")
     return "\n".join(out)
 
 
@@ -449,9 +469,12 @@ def main(argv=None):
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--keep-models", action="store_true", help="keep RUN_DIR/model (0.5 GB a run)")
     ap.add_argument("--from-raw", nargs="+", metavar="JSONL", help="only rebuild the table from earlier --raw rows")
+    ap.add_argument("--choose", action="append", default=[], metavar="NAME=A,B",
+                    help="add recipe NAME: per seed, the one of recipes A, B, ... that --pooling auto would keep")
     args = ap.parse_args(argv)
     if args.from_raw:
         rows = [json.loads(line) for f in args.from_raw for line in open(f) if line.strip()]
+        rows += [r for spec in args.choose for r in choice_rows(rows, spec)]
         Path(args.out).write_text(f"# llmclf quality benchmark, from {', '.join(args.from_raw)}\n\n"
                                   + table(rows, args.report) + "\n")
         return
@@ -502,6 +525,7 @@ def main(argv=None):
                              "seconds": time.perf_counter() - t_ds}
             store.drop_dataset()
 
+    rows += [r for spec in args.choose for r in choice_rows(rows, spec)]
     md = [f"# llmclf quality benchmark ({time.strftime('%Y-%m-%d')}, model {args.model}, seeds {args.seeds})", "",
           describe(described), "", "Recipes: " + "; ".join(f"`{n}` = {kv or 'defaults'}" for n, kv in recipes), "",
           table(rows, args.report), ""]

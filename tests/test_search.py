@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -74,3 +78,81 @@ def test_auto_refuses_torchrun_before_writing(tmp_path, monkeypatch):
     with pytest.raises(LlmclfError, match="--recipe auto runs in one process"):
         auto_recipe(FinetuneOptions(out=str(out), recipe="auto", model="gpt2-tiny", weights="random"))
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- --pooling auto (the default)
+
+TINY = ["train", "--model", "gpt2-tiny", "--weights", "random", "--tokenizer-dir", GPT2_TOKENIZER_DIR,
+        "--epochs", "1", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def longer_csv(tmp_path_factory):
+    """400 texts: with batch 1, each pooling's run takes a few hundred steps, long enough to interrupt."""
+    rows = [(f"{SPAM[i % 6]} {i}", "spam") for i in range(200)] + [(f"{HAM[i % 6]} {i}", "ham") for i in range(200)]
+    path = tmp_path_factory.mktemp("data") / "longer.csv"
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+    return path
+
+
+def _choice(out):
+    return pd.read_csv(out / "search.csv"), json.loads((out / "metrics.json").read_text())
+
+
+def test_default_pooling_trains_both_and_keeps_the_better_on_validation(tmp_path, small_csv):
+    from llmclf.search import POOLING_CANDIDATES
+    out = tmp_path / "run"
+    r = run_cli(*TINY, "--data-file", small_csv, "--out", out, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    table, metrics = _choice(out)
+    assert list(table["candidate"]) == list(POOLING_CANDIDATES) == ["mean", "last_nonpad"]
+    best = table.loc[table["validation_macro_f1"].idxmax()]  # first of the ties: mean
+    assert table.loc[table["chosen"], "candidate"].item() == best["candidate"]
+    assert not table["cache_reused"].iloc[0] and table["cache_reused"].iloc[1]  # one frozen pass for both
+    assert metrics["search"]["what"] == "pooling" and metrics["search"]["chosen"] == best["candidate"]
+    assert metrics["options"]["pooling"] == best["candidate"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["pooling"] == best["candidate"]  # the classifier saved is the chosen one
+    assert not (out / "search").exists() and not (out / "search.json").exists()
+    assert f"pooling auto: kept {best['candidate']}" in r.stderr
+
+
+def test_an_interrupted_choice_resumes_where_it_stopped(tmp_path, longer_csv):
+    """Ctrl-C in the second pooling's run: the first's result and the second's checkpoint are kept, and
+    --resume finishes the choice with the numbers an uninterrupted choice gives."""
+    args = [*TINY, "--batch-size", "1", "--checkpoint-every", "20", "--eval-freq", "20", "--data-file", longer_csv]
+    full = tmp_path / "full"
+    assert run_cli(*args, "--out", full).returncode == 0
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "llmclf", *map(str, args), "--out", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = ""
+    for line in proc.stderr:
+        seen += line
+        if "pooling auto 2/2: last_nonpad" in seen and "(Step 000100)" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, seen + rest
+    assert f"continue with: llmclf train --resume {out}" in rest and "Traceback" not in rest
+    assert (out / "search" / "mean" / "metrics.json").is_file()
+    assert (out / "search" / "last_nonpad" / "checkpoint.safetensors").is_file() and (out / "search.json").is_file()
+
+    r = run_cli("train", "--resume", out)
+    assert r.returncode == 0, r.stderr
+    (got, m_got), (want, m_want) = _choice(out), _choice(full)
+    assert list(got["candidate"]) == list(want["candidate"])
+    assert got["validation_macro_f1"].tolist() == pytest.approx(want["validation_macro_f1"].tolist(), abs=1e-9)
+    assert m_got["search"]["chosen"] == m_want["search"]["chosen"]
+    assert m_got["test"]["loss"] == pytest.approx(m_want["test"]["loss"], abs=1e-6)
+    assert run_cli("train", "--resume", out).returncode == 2  # complete now: nothing to resume
+
+
+def test_explicit_pooling_trains_once(tmp_path, small_csv):
+    out = tmp_path / "run"
+    r = run_cli(*TINY, "--pooling", "last_nonpad", "--data-file", small_csv, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "search" not in metrics and not (out / "search.csv").exists()
+    assert json.loads((out / "model" / "config.json").read_text())["pooling"] == "last_nonpad"

@@ -158,17 +158,17 @@ def train_options(a):
 
 def cmd_train(a) -> int:
     from . import distributed
-    from .finetune import TrainingInterrupted, finetune, resume
-    from .search import auto_recipe
+    from .finetune import TrainingInterrupted
+    from .search import resume_run, train
     try:
         if a.resume:
-            metrics = resume(a.resume)
+            metrics = resume_run(a.resume)
             a.out = a.resume
         else:
             if not a.out:
                 raise LlmclfError("--out RUN_DIR is required (or --resume RUN_DIR)")
             opts = train_options(a)
-            metrics = auto_recipe(opts) if opts.recipe == "auto" else finetune(opts)
+            metrics = train(opts)
     except TrainingInterrupted as e:
         if distributed.is_main():
             print(f"llmclf: {e}", file=sys.stderr, flush=True)

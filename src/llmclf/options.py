@@ -61,8 +61,9 @@ class FinetuneOptions:
     tokenizer_dir: str | None = opt(None, "directory holding GPT-2's vocab.bpe and encoder.json (offline use)")
     context_length: str = opt("auto", f"tokens kept per text: auto (the longest training text, at most {AUTO_CONTEXT}: "
                               "bounds what long documents cost) | longest (training set) | model | N")
-    pooling: str = opt("mean", "what the head reads: the mean over a text's tokens, or one token's output "
-                       "(last_nonpad: the last real token)")
+    pooling: str = opt("auto", "what the head reads: the mean over a text's tokens, or one token's output "
+                       "(last_nonpad: the last real token) | auto: train mean and last_nonpad on the same frozen "
+                       "pass and keep the better on validation macro-F1 (ties: mean); search.csv lists both")
     append_eos: bool = opt(False, "end every text with the model's end-of-text token (pooled there with last_nonpad)")
     trainable: str = opt("last_block", "what trains besides the head")
     lora_rank: int = opt(8, "LoRA rank (--trainable lora)")
@@ -150,7 +151,7 @@ MINIMUM = {"seed": 0, "patience": 0, "epochs": 1, "batch_size": 1, "grad_accum":
 
 def choices() -> dict:
     """The allowed values of each option that takes one of a few words."""
-    return {"weights": ("pretrained", "random"), "pooling": POOLINGS, "trainable": TRAINABLE,
+    return {"weights": ("pretrained", "random"), "pooling": (*POOLINGS, "auto"), "trainable": TRAINABLE,
             "cache": ("auto", "on", "off"), "dtype": ("auto", "float32", "bfloat16"),
             "dataset": DATASETS, "recipe": tuple(RECIPES),
             "blend": BLENDS, "schedule": SCHEDULES, "keep": ("last", "best"), "keep_metric": KEEP_METRICS}

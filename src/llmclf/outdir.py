@@ -18,7 +18,7 @@ MARKER = ".llmclf-dir"
 # its temp files (atomic writes, the model swap).
 ENTRIES = {
     "run": {"train.csv", "validation.csv", "test.csv", "history.csv", "loss.png", "accuracy.png", "metrics.json",
-            "run.json", "checkpoint.safetensors", "model", "errors.csv", "search", "search.csv", "calibration.png",
+            "run.json", "checkpoint.safetensors", "model", "errors.csv", "search", "search.csv", "search.json", "calibration.png",
             "curves.png", "report.html", "tensorboard", "data.json"},
     "experiment": {"results.csv", "results.md", "accuracy.png", "runs", "baseline"},
     "baseline": {"results.csv", "results.md", "accuracy.png"},

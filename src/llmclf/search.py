@@ -1,10 +1,15 @@
-"""--recipe auto: a small search over the recipes that matter, scored on the validation split.
+"""Choices made on the validation split: --pooling auto (the default) and --recipe auto.
+
+--pooling auto trains the two poolings that each won somewhere on bench/quality.py's validation splits,
+the mean (better on topics and long texts) and the last real token (better on sentiment), and keeps the
+better for this data. --recipe auto searches a few more recipes within --search-minutes.
 
 Every candidate trains on the same split from the same frozen blocks, so the frozen-prefix cache the first
-computes serves the others (one frozen pass for the whole search). Each candidate is a complete run; the
-best on validation macro-F1 of the classifier it would save (its blend included) becomes the run, the
-others are deleted, and RUN_DIR/search.csv (and metrics.json's `search`) lists what was tried. The test
-split plays no part in the choice.
+computes serves the others (one frozen pass for the whole choice). Each candidate is a complete run in
+RUN_DIR/search/NAME, with its own checkpoints, so an interrupted choice resumes (`--resume RUN_DIR`). The
+best on validation macro-F1 of the classifier it would save (its blend included; ties: the one tried
+first) becomes the run, the others are deleted, and RUN_DIR/search.csv (and metrics.json's `search`)
+lists what was tried. The test split plays no part in the choice.
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
 
 from . import distributed
 from .errors import LlmclfError
-from .finetune import finetune
+from .finetune import CHECKPOINT, TrainingInterrupted, finetune, resume
 from .options import FinetuneOptions, check_options
 from .outdir import MARKER, prepare_output_dir
 from .train import PrefixCacheStore
@@ -36,17 +41,48 @@ CANDIDATES = {
     "last_token": {"pooling": "last_nonpad"},
     "epochs_x2": {"epochs_scale": 2},
 }
+# --pooling auto: the first is the one kept on a tie (the better of the two on average over the benchmark).
+POOLING_CANDIDATES = {"mean": {"pooling": "mean"}, "last_nonpad": {"pooling": "last_nonpad"}}
+SEARCH_FILE = "search.json"  # written first: what is being chosen, so that --resume can continue it
 
 
-def candidate_options(opts: FinetuneOptions, name: str) -> FinetuneOptions:
+def train(opts: FinetuneOptions, cache_store=None) -> dict:
+    """What `llmclf train` runs: --recipe auto's search, --pooling auto's choice, or one run."""
+    if opts.recipe == "auto":
+        return auto_recipe(opts)
+    if opts.pooling == "auto":
+        return choose(opts, "pooling", cache_store)
+    return finetune(opts, cache_store=cache_store)
+
+
+def resume_run(run_dir, cache_store=None) -> dict:
+    """--resume RUN_DIR: continue an interrupted choice (its unfinished candidates), or one run."""
+    run_dir = Path(run_dir)
+    saved = distributed.from_main(lambda: _read_search(run_dir))
+    if saved is None:
+        return resume(run_dir, cache_store)
+    opts = FinetuneOptions(**{**saved["options"], "split": tuple(saved["options"]["split"]), "out": str(run_dir)})
+    return choose(opts, saved["kind"], cache_store, resuming=True)
+
+
+def _read_search(run_dir: Path) -> dict | None:
+    f = run_dir / SEARCH_FILE
+    if not f.is_file() or (run_dir / "metrics.json").is_file():
+        return None  # finetune.resume says why a finished or foreign directory cannot be resumed
+    return json.loads(f.read_text())
+
+
+def candidate_options(opts: FinetuneOptions, name: str, kind: str = "recipe") -> FinetuneOptions:
     """The options of one candidate: opts with the candidate's changes, run quietly in RUN_DIR/search/NAME."""
-    change = dict(CANDIDATES[name])
+    change = dict((CANDIDATES if kind == "recipe" else POOLING_CANDIDATES)[name])
     if "lr_scale" in change:
         change["lr"] = opts.lr * change.pop("lr_scale")
     if "epochs_scale" in change:
         change["epochs"] = opts.epochs * change.pop("epochs_scale")
+    if change.get("pooling", opts.pooling) == "auto":
+        change["pooling"] = next(iter(POOLING_CANDIDATES))  # a recipe candidate that leaves pooling alone
     return replace(opts, **change, recipe="default", out=str(Path(opts.out) / "search" / name), overwrite=True,
-                   quiet=True, checkpoint_every=0)
+                   quiet=opts.quiet or kind == "recipe")  # --pooling auto shows each run's progress
 
 
 def _score(metrics: dict) -> float:
@@ -67,56 +103,93 @@ def _row(name: str, opts: FinetuneOptions, metrics: dict, seconds: float) -> dic
 
 def auto_recipe(opts: FinetuneOptions) -> dict:
     """Run --recipe auto: the candidates within --search-minutes, the best kept as RUN_DIR's run."""
-    check_options(opts)
     if distributed.launched():
         raise LlmclfError("--recipe auto runs in one process; under torchrun give a recipe (default or book)")
+    return choose(opts, "recipe")
+
+
+def choose(opts: FinetuneOptions, kind: str, cache_store=None, resuming: bool = False) -> dict:
+    """Train each candidate of `kind` (recipe | pooling) on this split; keep the best on validation."""
+    check_options(opts)
     if not opts.out:
         raise LlmclfError("--out RUN_DIR is required")
+    distributed.init()
     out = Path(opts.out)
-    run_dir = prepare_output_dir(out, "run", opts.overwrite)
-    say = (lambda msg: None) if opts.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = (lambda msg: None) if opts.quiet or not distributed.is_main() else (
+        lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = None if resuming else distributed.from_main(lambda: _start(out, opts, kind))
     try:
-        rows, results = _run_candidates(opts, say)
-        best = max(rows, key=lambda r: r["validation_macro_f1"])  # ties: the earlier (the default first)
-        return _keep(out, best, rows, results[best["candidate"]], say)
+        rows, results = _run_candidates(opts, kind, say, cache_store or PrefixCacheStore(), resuming)
+        best = max(rows, key=lambda r: r["validation_macro_f1"])  # ties: the earlier (the first candidate)
+        return _keep(out, kind, best, rows, results[best["candidate"]], say)
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(f"{str(e).split(';')[0]}; finished candidates and the checkpoint kept; "
+                                  f"continue with: llmclf train --resume {out}") from None
     except BaseException:
-        run_dir.discard()
+        if started is not None and not resuming:
+            started.discard()  # the whole choice was this call's: leave nothing half-written
         raise
 
 
-def _run_candidates(opts: FinetuneOptions, say) -> tuple[list, dict]:
-    store, rows, results = PrefixCacheStore(), [], {}
-    start, budget, last = time.perf_counter(), opts.search_minutes * 60, 0.0
-    for i, name in enumerate(CANDIDATES):
+def _start(out: Path, opts: FinetuneOptions, kind: str):
+    run_dir = prepare_output_dir(out, "run", opts.overwrite)
+    atomic_write_text(out / SEARCH_FILE, json.dumps({"kind": kind, "options": asdict(opts)}, indent=2))
+    return run_dir
+
+
+def _run_candidates(opts: FinetuneOptions, kind: str, say, store, resuming: bool) -> tuple[list, dict]:
+    names = list(CANDIDATES if kind == "recipe" else POOLING_CANDIDATES)
+    rows, results = [], {}
+    start, last = time.perf_counter(), 0.0
+    budget = opts.search_minutes * 60 if kind == "recipe" else float("inf")
+    for i, name in enumerate(names):
         elapsed = time.perf_counter() - start
         if rows and elapsed + last > budget:  # the next would likely end past the budget
             say(f"search: {elapsed / 60:.1f} of {opts.search_minutes:g} minutes gone; "
-                f"{len(CANDIDATES) - i} candidate(s) not tried")
+                f"{len(names) - i} candidate(s) not tried")
             break
-        cand = candidate_options(opts, name)
+        cand = candidate_options(opts, name, kind)
+        say(f"{kind} auto {i + 1}/{len(names)}: {name}")
         t = time.perf_counter()
-        metrics = finetune(cand, cache_store=store)
+        metrics = _run_candidate(cand, store, resuming)
         last = time.perf_counter() - t
         rows.append(_row(name, cand, metrics, last))
         results[name] = metrics
-        say(f"search {i + 1}/{len(CANDIDATES)} {name}: validation macro-F1 {rows[-1]['validation_macro_f1']:.4f} "
+        say(f"{kind} auto {i + 1}/{len(names)} {name}: validation macro-F1 {rows[-1]['validation_macro_f1']:.4f} "
             f"({last:.0f}s)")
     return rows, results
 
 
-def _keep(out: Path, best: dict, rows: list, metrics: dict, say) -> dict:
+def _run_candidate(cand: FinetuneOptions, store, resuming: bool) -> dict:
+    """One candidate: read back when an earlier call finished it, resumed from its checkpoint, or trained."""
+    where = Path(cand.out)
+    found = "new" if not resuming else distributed.from_main(
+        lambda: "done" if (where / "metrics.json").is_file() else "checkpoint" if (where / CHECKPOINT).is_file()
+        else "new")
+    if found == "done":
+        return distributed.from_main(lambda: json.loads((where / "metrics.json").read_text()))
+    if found == "checkpoint":
+        return resume(where, store)
+    return finetune(cand, cache_store=store)
+
+
+def _keep(out: Path, kind: str, best: dict, rows: list, metrics: dict, say) -> dict:
     """Move the winner's files up into RUN_DIR, drop the other candidates, write search.csv and metrics.json."""
-    won = out / "search" / best["candidate"]
-    for p in won.iterdir():
-        if p.name not in (MARKER, "metrics.json"):
-            p.replace(out / p.name)
-    shutil.rmtree(out / "search")  # every folder in it is a candidate run this call made
-    table = pd.DataFrame(rows).assign(chosen=lambda d: d["candidate"] == best["candidate"])
-    table.to_csv(out / "search.csv", index=False)
-    metrics["search"] = {"chosen": best["candidate"], "by": "validation macro-F1", "candidates": rows,
-                         "seconds": round(sum(r["seconds"] for r in rows), 1)}
-    metrics["options"]["recipe"] = "auto"
-    write_run_report(out, metrics)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: marks the run complete
-    say(f"search: kept {best['candidate']} (validation macro-F1 {best['validation_macro_f1']:.4f}) -> {out}")
+    metrics["search"] = {"what": kind, "chosen": best["candidate"], "by": "validation macro-F1",
+                         "candidates": rows, "seconds": round(sum(r["seconds"] for r in rows), 1)}
+    if kind == "recipe":
+        metrics["options"]["recipe"] = "auto"
+    if distributed.is_main():
+        won = out / "search" / best["candidate"]
+        for p in won.iterdir():
+            if p.name not in (MARKER, "metrics.json"):
+                p.replace(out / p.name)
+        shutil.rmtree(out / "search")  # every folder in it is a candidate run this choice made
+        table = pd.DataFrame(rows).assign(chosen=lambda d: d["candidate"] == best["candidate"])
+        table.to_csv(out / "search.csv", index=False)
+        write_run_report(out, metrics)
+        (out / SEARCH_FILE).unlink()
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))  # last: marks the run complete
+    distributed.barrier()
+    say(f"{kind} auto: kept {best['candidate']} (validation macro-F1 {best['validation_macro_f1']:.4f}) -> {out}")
     return metrics

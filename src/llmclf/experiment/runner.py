@@ -14,9 +14,10 @@ import torch
 from ..baseline import DATA_KEYS, run_baselines
 from ..checkpoint import CHECKPOINT
 from ..errors import LlmclfError
-from ..finetune import RUN_OPTIONS, TrainingInterrupted, finetune, resume
+from ..finetune import RUN_OPTIONS, TrainingInterrupted
 from ..outdir import prepare_output_dir
 from ..predict import pick_device
+from ..search import SEARCH_FILE, resume_run, train
 from ..report import duration, total_seconds, write_results
 from ..train import PrefixCacheStore
 from .grid import build_options, check_only, load_grid, plan_rows, same_options
@@ -77,12 +78,18 @@ def _finished(run_dir: Path, opts) -> dict | None:
 
 
 def _resumable(run_dir: Path, opts) -> bool:
-    """Whether run_dir holds an interrupted run (checkpoint, no metrics) of exactly these options."""
-    if not (run_dir / CHECKPOINT).is_file() or (run_dir / "metrics.json").exists():
+    """Whether run_dir holds an interrupted run (a checkpoint or a choice begun, no metrics) of exactly these
+    options."""
+    if (run_dir / "metrics.json").exists():
         return False
     try:
-        saved = json.loads((run_dir / RUN_OPTIONS).read_text())
-    except (OSError, ValueError):
+        if (run_dir / SEARCH_FILE).is_file():
+            saved = json.loads((run_dir / SEARCH_FILE).read_text())["options"]
+        elif (run_dir / CHECKPOINT).is_file():
+            saved = json.loads((run_dir / RUN_OPTIONS).read_text())
+        else:
+            return False
+    except (OSError, ValueError, KeyError):
         return False
     return same_options(saved, opts)
 
@@ -104,11 +111,11 @@ def _read_back(exp: _Experiment, only: set[str] | None) -> None:
 def _train_row(opts, run_dir: Path, name: str, tag: str, log, store=None) -> dict:
     if _resumable(run_dir, opts):
         log(f"{tag} {name}: resuming the interrupted run from its checkpoint")
-        return resume(run_dir, store)
+        return resume_run(run_dir, store)
     if run_dir.exists():
         log(f"{tag} {name}: incomplete or other options in {run_dir}; redoing it")
     log(f"{tag} {name}: training")
-    return finetune(opts, cache_store=store)
+    return train(opts, cache_store=store)
 
 
 def _run_row(name: str, opts, tag: str, log, store) -> dict:
