@@ -38,7 +38,7 @@ def gpt2_tokenizer():
 def tiny_run(tmp_path_factory, sms_file):
     """A gpt2-tiny classifier trained for 2 epochs on the real SMS data, through the CLI."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "2", "--data-file", sms_file,
+    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "2", "--data-file", sms_file,
                 "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out, "--lr", "1e-3")
     assert r.returncode == 0, r.stderr
     return out
@@ -48,7 +48,7 @@ def tiny_run(tmp_path_factory, sms_file):
 def decision_run(tmp_path_factory, sms_file):
     """gpt2-tiny (random weights, 1 epoch) on the real SMS file, calibrated, at most 0.5% of ham flagged."""
     out = tmp_path_factory.mktemp("decision") / "run"
-    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--tokenizer-dir",
+    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1", "--tokenizer-dir",
                 GPT2_TOKENIZER_DIR, "--data-file", sms_file, "--operating-point", "max_fpr=0.005", "--out", out,
                 env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr

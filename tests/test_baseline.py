@@ -50,7 +50,7 @@ def test_no_baseline_leaves_it_out(tmp_path, sms_file):
 
     from conftest import GPT2_TOKENIZER_DIR, run_cli
     out = tmp_path / "run"
-    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--no-baseline",
+    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1", "--no-baseline",
                 "--blend", "off", "--data-file", sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out)
     assert r.returncode == 0, r.stderr
     assert "baseline" not in json.loads((out / "metrics.json").read_text())
@@ -63,7 +63,7 @@ def test_when_a_blend_is_saved_the_verdict_is_about_the_llm_alone(tmp_path, sms_
 
     from conftest import GPT2_TOKENIZER_DIR, run_cli
     out = tmp_path / "run"
-    r = run_cli("train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--blend", "tfidf",
+    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1", "--blend", "tfidf",
                 "--data-file", sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out,
                 env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import GPT2_TOKENIZER_DIR, run_cli
 
-TRAIN = ["train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1",
+TRAIN = ["train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1",
          "--tokenizer-dir", str(GPT2_TOKENIZER_DIR)]
 
 

@@ -17,7 +17,7 @@ from llmclf.decision import (Decision, calibrate, calibration_scores, choose_thr
 from llmclf.errors import LlmclfError
 from llmclf.predict import classify, load_classifier, predict_texts
 
-TRAIN = ["train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--tokenizer-dir",
+TRAIN = ["train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1", "--tokenizer-dir",
          GPT2_TOKENIZER_DIR]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 

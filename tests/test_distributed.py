@@ -25,7 +25,7 @@ import torch
 from conftest import GPT2_TOKENIZER_DIR
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-COMMON = ["--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--batch-size", "8", "--eval-freq", "5",
+COMMON = ["--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1", "--batch-size", "8", "--eval-freq", "5",
           "--checkpoint-every", "5", "--tokenizer-dir", str(GPT2_TOKENIZER_DIR)]
 LOSS_TOL = 1e-5
 EXACT = ("accuracy", "precision", "recall", "f1", "balanced_accuracy")
@@ -111,6 +111,22 @@ def test_two_processes_train_like_one(tmp_path, subset, one_process, variant):
     assert "2 processes (DDP)" in r.stderr
     files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*"))
     assert files(out) == files(one_process[variant])
+
+
+def test_two_processes_choose_the_pooling_like_one(tmp_path, subset):
+    """--pooling auto (the default) under torchrun: both poolings train on both ranks, rank 0 keeps the same
+    one as a single process does, with the same validation scores and the same files."""
+    auto = [a for a in COMMON if a not in ("--pooling", "mean")]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert llmclf("train", *auto, "--quiet", "--data-file", subset, "--out", one).returncode == 0
+    r = llmclf("train", *auto, "--data-file", subset, "--out", two, procs=2)
+    assert r.returncode == 0, r.stderr
+    t1, t2 = pd.read_csv(one / "search.csv"), pd.read_csv(two / "search.csv")
+    assert list(t2["candidate"]) == ["mean", "last_nonpad"] and t2["chosen"].tolist() == t1["chosen"].tolist()
+    assert t2["validation_macro_f1"].tolist() == pytest.approx(t1["validation_macro_f1"].tolist(), abs=1e-9)
+    assert r.stderr.count("pooling auto: kept") == 1, r.stderr  # rank 0 alone reports
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    assert files(two) == files(one)
 
 
 def test_two_process_prediction_prints_every_input_once_in_order(tmp_path, one_process):

@@ -304,7 +304,7 @@ def test_ctrl_c_during_a_row_exits_130_and_a_rerun_continues(tmp_path, sms_file)
     import sys
 
     grid = tmp_path / "g.toml"
-    grid.write_text('[defaults]\nmodel = "gpt2-tiny"\nweights = "random"\nepochs = 2\nbatch_size = 1\n'
+    grid.write_text('[defaults]\nmodel = "gpt2-tiny"\nweights = "random"\npooling = "mean"\nepochs = 2\nbatch_size = 1\n'
                     'checkpoint_every = 25\n\n[[run]]\nname = "slow"\n')
     out = tmp_path / "out"
     args = [sys.executable, "-m", "llmclf", "experiment", "--grid", str(grid), "--out", str(out),

@@ -7,7 +7,7 @@ from conftest import GPT2_TOKENIZER_DIR, run_cli
 from llmclf.errors import LlmclfError
 from llmclf.options import FinetuneOptions, check_options
 
-TRAIN = ["train", "--model", "gpt2-tiny", "--weights", "random", "--tokenizer-dir", str(GPT2_TOKENIZER_DIR)]
+TRAIN = ["train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--tokenizer-dir", str(GPT2_TOKENIZER_DIR)]
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -35,7 +35,7 @@ def test_cli_refuses_bad_values_in_one_line(tmp_path, sms_file, args, fragment):
     ({"seed": -1}, "--seed must be at least 0"),
     ({"context_length": "0"}, "--context-length must be at least 1"),
     ({"context_length": "lots"}, "--context-length must be auto, longest, model or a number"),
-    ({"pooling": "max"}, "--pooling must be one of last_nonpad, last, first, mean, mean_last, not 'max'"),
+    ({"pooling": "max"}, "--pooling must be one of last_nonpad, last, first, mean, mean_last, auto, not 'max'"),
     ({"cache": "yes"}, "--cache must be one of auto, on, off"),
     ({"dataset": "imdb"}, "--dataset must be one of sms-spam"),
     ({"device": "tpu"}, "--device must be auto, cpu, cuda, cuda:N or mps"),

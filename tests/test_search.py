@@ -110,7 +110,7 @@ def test_default_pooling_trains_both_and_keeps_the_better_on_validation(tmp_path
     assert table.loc[table["chosen"], "candidate"].item() == best["candidate"]
     assert not table["cache_reused"].iloc[0] and table["cache_reused"].iloc[1]  # one frozen pass for both
     assert metrics["search"]["what"] == "pooling" and metrics["search"]["chosen"] == best["candidate"]
-    assert metrics["options"]["pooling"] == best["candidate"]
+    assert metrics["options"]["pooling"] == "auto"  # what was asked; the model's config says what it came to
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["pooling"] == best["candidate"]  # the classifier saved is the chosen one
     assert not (out / "search").exists() and not (out / "search.json").exists()

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import GPT2_TOKENIZER_DIR, run_cli
 
-TRAIN = ["train", "--model", "gpt2-tiny", "--weights", "random", "--epochs", "2", "--tokenizer-dir",
+TRAIN = ["train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "2", "--tokenizer-dir",
          GPT2_TOKENIZER_DIR, "--eval-freq", "20", "--blend", "off", "--no-baseline", "--keep", "best"]
 
 

@@ -154,7 +154,10 @@ def write_run_report(run_dir, metrics: dict) -> Path:
     run_dir = Path(run_dir)
     o = metrics.get("options", {})
     title = f"llmclf run: {metrics.get('model', '')}"
-    summary = (f"model {_e(metrics.get('model'))}, {_e(o.get('trainable'))} trained, pooling {_e(o.get('pooling'))}, "
+    search = metrics.get("search") or {}
+    pooling = (f"auto ({search['chosen']}: the better on validation)" if search.get("what") == "pooling"
+               else o.get("pooling"))
+    summary = (f"model {_e(metrics.get('model'))}, {_e(o.get('trainable'))} trained, pooling {_e(pooling)}, "
                f"{_e(o.get('epochs'))} epochs at lr {_e(o.get('lr'))} ({_e(o.get('schedule'))}); "
                f"{metrics.get('train_seconds', 0):.1f} s from data ready to metrics; llmclf {_e(metrics.get('llmclf_version'))}"
                + kept_note(metrics.get("kept")))

@@ -98,7 +98,8 @@ def _row(name: str, opts: FinetuneOptions, metrics: dict, seconds: float) -> dic
             "validation_macro_f1": round(_score(metrics), 6),
             "llm_validation_macro_f1": round(metrics["validation"]["macro_f1"], 6),
             "blend_weight": blend.get("weight") if blend.get("saved") else None,
-            "cache_reused": bool(metrics.get("cache_reused")), "seconds": round(seconds, 1)}
+            "cache_reused": bool(metrics.get("cache_reused")), "train_seconds": metrics["train_seconds"],
+            "seconds": round(seconds, 1)}
 
 
 def auto_recipe(opts: FinetuneOptions) -> dict:
@@ -117,7 +118,9 @@ def choose(opts: FinetuneOptions, kind: str, cache_store=None, resuming: bool = 
     out = Path(opts.out)
     say = (lambda msg: None) if opts.quiet or not distributed.is_main() else (
         lambda msg: print(msg, file=sys.stderr, flush=True))
-    started = None if resuming else distributed.from_main(lambda: _start(out, opts, kind))
+    started = []  # rank 0's handle on the run directory it made (the other ranks never touch it)
+    if not resuming:
+        distributed.from_main(lambda: started.append(_start(out, opts, kind)))
     try:
         rows, results = _run_candidates(opts, kind, say, cache_store or PrefixCacheStore(), resuming)
         best = max(rows, key=lambda r: r["validation_macro_f1"])  # ties: the earlier (the first candidate)
@@ -126,8 +129,8 @@ def choose(opts: FinetuneOptions, kind: str, cache_store=None, resuming: bool = 
         raise TrainingInterrupted(f"{str(e).split(';')[0]}; finished candidates and the checkpoint kept; "
                                   f"continue with: llmclf train --resume {out}") from None
     except BaseException:
-        if started is not None and not resuming:
-            started.discard()  # the whole choice was this call's: leave nothing half-written
+        if started:
+            started[0].discard()  # the whole choice was this call's: leave nothing half-written
         raise
 
 
@@ -177,8 +180,8 @@ def _keep(out: Path, kind: str, best: dict, rows: list, metrics: dict, say) -> d
     """Move the winner's files up into RUN_DIR, drop the other candidates, write search.csv and metrics.json."""
     metrics["search"] = {"what": kind, "chosen": best["candidate"], "by": "validation macro-F1",
                          "candidates": rows, "seconds": round(sum(r["seconds"] for r in rows), 1)}
-    if kind == "recipe":
-        metrics["options"]["recipe"] = "auto"
+    metrics["options"][kind] = "auto"  # what was asked for; search.chosen says what it came to
+    metrics["train_seconds"] = round(sum(r["train_seconds"] for r in rows), 2)  # the choice's, every candidate
     if distributed.is_main():
         won = out / "search" / best["candidate"]
         for p in won.iterdir():

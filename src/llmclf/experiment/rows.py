@@ -9,7 +9,8 @@ from ..models import MODELS
 from ..report import read_results
 from ..options import AUTO_CONTEXT
 
-_TOKENS = {"last": "last", "last_nonpad": "last non-pad", "first": "first", "mean": "mean of all"}
+_TOKENS = {"last": "last", "last_nonpad": "last non-pad", "first": "first", "mean": "mean of all",
+           "mean_last": "mean and last non-pad"}
 
 
 def _notes(opts, metrics: dict, note: str) -> list[str]:
@@ -26,6 +27,9 @@ def _notes(opts, metrics: dict, note: str) -> list[str]:
     extras.append(f"{opts.epochs} epoch{'s' if opts.epochs != 1 else ''}")
     if metrics.get("cache_reused"):
         extras.append("frozen-prefix cache reused from an earlier row (not in its time)")
+    search = metrics.get("search") or {}
+    if search.get("what") == "pooling":
+        extras.append(f"pooling auto: kept {search['chosen']} on validation (time: both poolings)")
     if note:
         extras.append(note)
     return extras
@@ -35,16 +39,18 @@ def describe_run(opts, metrics: dict, note: str, run_dir: Path) -> dict:
     """One finished fine-tuning run as a row of the table (report.COLUMNS, without book_row)."""
     layers = (f"LoRA (r={opts.lora_rank}, alpha={opts.lora_alpha:g})" if opts.trainable == "lora"
               else opts.trainable)
+    search = metrics.get("search") or {}
+    pooling = search["chosen"] if search.get("what") == "pooling" else opts.pooling  # auto: the one kept
     n = metrics.get("max_length")
     ctx = {"auto": f"longest train ex., at most {AUTO_CONTEXT} ({n})", "longest": f"longest train ex. ({n})",
            "model": f"model context ({n})"}.get(opts.context_length, str(n))
-    if opts.pooling != "last":
+    if pooling != "last":
         ctx += "; variable, no padding" if opts.batch_size == 1 else "; padded per batch"
     spec = MODELS.get(opts.model)
     random_only = spec is not None and spec.hf_repo is None and spec.gguf_asset is None
     return {
         "name": run_dir.name, "kind": "finetune", "model": metrics.get("model", opts.model),
-        "weights": "random" if random_only else opts.weights, "trainable_token": _TOKENS[opts.pooling],
+        "weights": "random" if random_only else opts.weights, "trainable_token": _TOKENS[pooling],
         "trainable_layers": layers, "context_length": ctx,
         "train_acc": metrics["train"].get("accuracy"), "validation_acc": metrics["validation"].get("accuracy"),
         "test_acc": metrics["test"].get("accuracy"), "test_f1": metrics["test"].get("f1"),
