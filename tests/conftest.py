@@ -38,7 +38,8 @@ def gpt2_tokenizer():
 def tiny_run(tmp_path_factory, sms_file):
     """A gpt2-tiny classifier trained for 2 epochs on the real SMS data, through the CLI."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "2", "--data-file", sms_file,
+    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean",
+                "--weights", "random", "--epochs", "2", "--data-file", sms_file,
                 "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out, "--lr", "1e-3")
     assert r.returncode == 0, r.stderr
     return out

@@ -140,7 +140,8 @@ def test_same_seed_gives_identical_metrics(tmp_path, sms_file, uninterrupted):
 
 
 # --keep best on an overfitting run: every weight trains at a constant high rate on a small split.
-BEST = ["--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--tokenizer-dir", str(GPT2_TOKENIZER_DIR), "--epochs", "12",
+BEST = ["--model", "gpt2-tiny", "--pooling", "mean",
+        "--weights", "random", "--tokenizer-dir", str(GPT2_TOKENIZER_DIR), "--epochs", "12",
         "--trainable", "all", "--lr", "2e-3", "--schedule", "constant", "--warmup", "0", "--split", "0.3", "0.2",
         "--blend", "off", "--no-baseline", "--keep", "best", "--keep-metric", "loss", "--patience", "2",
         "--checkpoint-every", "0"]

@@ -177,7 +177,8 @@ def test_train_command_writes_the_given_splits(tmp_path):
     _labelled(60).to_csv(tmp_path / "train.csv", index=False)
     _labelled(20, offset=500).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
     out = tmp_path / "run"
-    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--tokenizer-dir", GPT2_TOKENIZER_DIR,
+    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean",
+                "--weights", "random", "--tokenizer-dir", GPT2_TOKENIZER_DIR,
                 "--epochs", "1", "--train-file", tmp_path / "train.csv", "--test-file", tmp_path / "test.jsonl",
                 "--no-balance", "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
@@ -196,7 +197,8 @@ def test_given_split_errors_are_one_line_and_write_nothing(tmp_path, extra, frag
     _labelled(40).to_csv(tmp_path / "train.csv", index=False)
     pd.DataFrame({"text": ["perhaps", "who knows"], "label": ["maybe", "ham"]}).to_csv(tmp_path / "odd.csv", index=False)
     out = tmp_path / "run"
-    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--train-file", tmp_path / "train.csv",
+    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean",
+                "--weights", "random", "--train-file", tmp_path / "train.csv",
                 *[x.format(d=tmp_path) for x in extra], "--out", out)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert fragment in r.stderr.strip().splitlines()[-1]
@@ -220,7 +222,8 @@ def test_data_json_reports_rows_skipped_classes_and_what_the_cut_drops(tmp_path,
     f = tmp_path / "reviews.csv"
     pd.DataFrame(rows).to_csv(f, index=False)
     out = tmp_path / "run"
-    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--tokenizer-dir", GPT2_TOKENIZER_DIR,
+    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean",
+                "--weights", "random", "--tokenizer-dir", GPT2_TOKENIZER_DIR,
                 "--epochs", "1", "--context-length", "16", "--blend", "off", "--no-baseline", "--data-file", f,
                 "--out", out)
     assert r.returncode == 0, r.stderr

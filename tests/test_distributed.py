@@ -25,7 +25,8 @@ import torch
 from conftest import GPT2_TOKENIZER_DIR
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-COMMON = ["--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1", "--batch-size", "8", "--eval-freq", "5",
+COMMON = ["--model", "gpt2-tiny", "--pooling", "mean",
+          "--weights", "random", "--epochs", "1", "--batch-size", "8", "--eval-freq", "5",
           "--checkpoint-every", "5", "--tokenizer-dir", str(GPT2_TOKENIZER_DIR)]
 LOSS_TOL = 1e-5
 EXACT = ("accuracy", "precision", "recall", "f1", "balanced_accuracy")

@@ -57,6 +57,7 @@ def train(opts: FinetuneOptions, cache_store=None) -> dict:
 
 def resume_run(run_dir, cache_store=None) -> dict:
     """--resume RUN_DIR: continue an interrupted choice (its unfinished candidates), or one run."""
+    distributed.init()
     run_dir = Path(run_dir)
     saved = distributed.from_main(lambda: _read_search(run_dir))
     if saved is None:
