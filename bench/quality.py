@@ -8,7 +8,8 @@ regression on the same splits of several public corpora (bench/corpora.py).
 
 A recipe is `NAME:key=value,...` over FinetuneOptions fields (trainable, pooling, lr, warmup, schedule,
 epochs, batch_size, context_length, weight_decay, append_eos, blend, ...); `trainable=last_N_blocks`
-(N >= 3) is prototyped here. The recipe `default` is FinetuneOptions' own defaults (with --model).
+(N >= 3) is prototyped here. With no --recipe: `mean` and `last` (the two poolings), and `default`,
+the one of them `--pooling auto` keeps per split (--choose default=mean,last).
 
 Splits: `sms` is the book's protocol done by llmclf itself (balance by undersampling, 70/10/20, seed s;
 seed 123 is the book split). The others: a fixed subsample (seed 0, the same for every split seed),
@@ -344,6 +345,9 @@ def run_one(ds: str, seed: int, recipe: str, kv: dict, args, store, stats, basel
                            overwrite=True, quiet=not args.verbose, checkpoint_every=0)
     for k, v in kv.items():
         setattr(opts, k, v)
+    if opts.pooling == "auto":
+        raise SystemExit("bench: --pooling auto is a choice between runs; give each pooling as a recipe and "
+                         "--choose NAME=A,B")
     if str(opts.trainable).startswith("last_") and opts.trainable.endswith("_blocks") and opts.trainable != "last_two_blocks":
         enable_n_blocks()
     store.dataset = ds
@@ -481,7 +485,10 @@ def main(argv=None):
 
     import torch
     torch.set_num_threads(int(os.environ.get("LLMCLF_BENCH_THREADS", torch.get_num_threads())))
-    recipes = [parse_recipe(s) for s in (args.recipe or ["default:"])]
+    # the default (--pooling auto) is a choice between two runs: train both, score the choice with --choose
+    recipes = [parse_recipe(s) for s in (args.recipe or ["mean:pooling=mean", "last:pooling=last_nonpad"])]
+    if not args.recipe and not args.choose:
+        args.choose = ["default=mean,last"]
     # deepest trainable top first: shallower tops' caches are then derived from its cache (cheap)
     depth = {"last_block": 1, "last_two_blocks": 2}
     recipes.sort(key=lambda r: -depth.get(r[1].get("trainable", "last_block"),

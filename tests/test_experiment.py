@@ -67,6 +67,7 @@ GRID = """
 [defaults]
 model = "gpt2-tiny"
 weights = "random"
+pooling = "mean"
 epochs = 1
 batch_size = 4
 lr = 1e-3
@@ -177,6 +178,7 @@ def test_two_row_grid_writes_tables_and_rerun_skips_finished_rows(tmp_path, smal
     grid = _grid(tmp_path / "g.toml", """
 [[run]]
 name = "block"
+pooling = "auto"
 [[run]]
 name = "lora"
 trainable = "lora"

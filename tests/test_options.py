@@ -58,7 +58,7 @@ def test_finetune_checks_options_before_writing(tmp_path):
     from llmclf.finetune import finetune
     out = tmp_path / "run"
     with pytest.raises(LlmclfError, match="--eval-freq must be at least 1, not 0"):
-        finetune(FinetuneOptions(out=str(out), model="gpt2-tiny", weights="random", eval_freq=0))
+        finetune(FinetuneOptions(out=str(out), model="gpt2-tiny", weights="random", pooling="mean", eval_freq=0))
     assert not out.exists()
 
 

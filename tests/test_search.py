@@ -23,12 +23,17 @@ AUTO = ["train", "--recipe", "auto", "--model", "gpt2-tiny", "--weights", "rando
         GPT2_TOKENIZER_DIR, "--epochs", "1", "--lr", "1e-3", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def small_csv(tmp_path_factory):
-    rows = [(f"{SPAM[i % 6]} {i}", "spam") for i in range(40)] + [(f"{HAM[i % 6]} {i}", "ham") for i in range(40)]
-    path = tmp_path_factory.mktemp("data") / "small.csv"
+def _spam_csv(folder, n: int):
+    """n spam and n ham texts, numbered so that every text is distinct."""
+    rows = [(f"{SPAM[i % 6]} {i}", "spam") for i in range(n)] + [(f"{HAM[i % 6]} {i}", "ham") for i in range(n)]
+    path = folder / f"spam{n}.csv"
     pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory):
+    return _spam_csv(tmp_path_factory.mktemp("data"), 40)
 
 
 def test_auto_keeps_the_best_candidate_on_validation_and_lists_them_all(tmp_path, small_csv):
@@ -89,10 +94,7 @@ TINY = ["train", "--model", "gpt2-tiny", "--weights", "random", "--tokenizer-dir
 @pytest.fixture(scope="module")
 def longer_csv(tmp_path_factory):
     """400 texts: with batch 1, each pooling's run takes a few hundred steps, long enough to interrupt."""
-    rows = [(f"{SPAM[i % 6]} {i}", "spam") for i in range(200)] + [(f"{HAM[i % 6]} {i}", "ham") for i in range(200)]
-    path = tmp_path_factory.mktemp("data") / "longer.csv"
-    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
-    return path
+    return _spam_csv(tmp_path_factory.mktemp("data"), 200)
 
 
 def _choice(out):
@@ -156,3 +158,13 @@ def test_explicit_pooling_trains_once(tmp_path, small_csv):
     metrics = json.loads((out / "metrics.json").read_text())
     assert "search" not in metrics and not (out / "search.csv").exists()
     assert json.loads((out / "model" / "config.json").read_text())["pooling"] == "last_nonpad"
+
+
+def test_finetune_alone_refuses_the_choice_and_names_the_entry_point(tmp_path):
+    from llmclf.errors import LlmclfError
+    from llmclf.finetune import finetune
+    from llmclf.options import FinetuneOptions
+    out = tmp_path / "run"
+    with pytest.raises(LlmclfError, match=r"llmclf\.search\.train"):
+        finetune(FinetuneOptions(out=str(out), model="gpt2-tiny", weights="random"))
+    assert not out.exists()

@@ -558,6 +558,9 @@ def run_summary(job: Job, data, model_name: str, info: dict, clock: Clock) -> di
 def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) -> dict:
     """Run the whole job, the chapter's steps in order; returns the metrics written to RUN_DIR/metrics.json.
     `cache_store` (a `train.PrefixCacheStore`): reuse frozen-prefix caches across runs in this process."""
+    if opts.pooling == "auto":  # a choice between runs, made by search.train, which calls this once per pooling
+        raise LlmclfError("finetune() trains one pooling; for --pooling auto (the default) call "
+                          "llmclf.search.train(opts), or give pooling='mean' or 'last_nonpad'")
     distributed.init()
     job = setup(opts, resuming)
     data = distributed.agree(lambda: load_data(opts))
