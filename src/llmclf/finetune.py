@@ -153,11 +153,14 @@ def resume(run_dir, cache_store=None) -> dict:
     Under torchrun, rank 0 reads the run directory and sends the options and checkpoint to the others."""
     distributed.init()
     run_dir = Path(run_dir)
-    saved = distributed.from_main(lambda: _read_run_options(run_dir))
-    saved["split"] = tuple(saved["split"])
-    opts = FinetuneOptions(**{k: v for k, v in saved.items() if k in FinetuneOptions.__dataclass_fields__})
-    opts.out = str(run_dir)
+    opts = saved_options(distributed.from_main(lambda: _read_run_options(run_dir)), run_dir)
     return finetune(opts, resuming=True, cache_store=cache_store)
+
+
+def saved_options(saved: dict, run_dir) -> FinetuneOptions:
+    """The options a run directory recorded (run.json, search.json), to continue it in run_dir."""
+    known = {k: v for k, v in saved.items() if k in FinetuneOptions.__dataclass_fields__}
+    return FinetuneOptions(**{**known, "split": tuple(known["split"]), "out": str(run_dir)})
 
 
 @dataclass

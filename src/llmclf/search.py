@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import distributed
 from .errors import LlmclfError
-from .finetune import CHECKPOINT, TrainingInterrupted, finetune, resume
+from .finetune import CHECKPOINT, TrainingInterrupted, finetune, resume, saved_options
 from .options import FinetuneOptions, check_options
 from .outdir import MARKER, prepare_output_dir
 from .train import PrefixCacheStore
@@ -59,14 +59,14 @@ def resume_run(run_dir, cache_store=None) -> dict:
     """--resume RUN_DIR: continue an interrupted choice (its unfinished candidates), or one run."""
     distributed.init()
     run_dir = Path(run_dir)
-    saved = distributed.from_main(lambda: _read_search(run_dir))
+    saved = distributed.from_main(lambda: read_search(run_dir))
     if saved is None:
         return resume(run_dir, cache_store)
-    opts = FinetuneOptions(**{**saved["options"], "split": tuple(saved["options"]["split"]), "out": str(run_dir)})
-    return choose(opts, saved["kind"], cache_store, resuming=True)
+    return choose(saved_options(saved["options"], run_dir), saved["kind"], cache_store, resuming=True)
 
 
-def _read_search(run_dir: Path) -> dict | None:
+def read_search(run_dir: Path) -> dict | None:
+    """RUN_DIR/search.json of an unfinished choice ({kind, options}), or None."""
     f = run_dir / SEARCH_FILE
     if not f.is_file() or (run_dir / "metrics.json").is_file():
         return None  # finetune.resume says why a finished or foreign directory cannot be resumed
@@ -167,14 +167,19 @@ def _run_candidates(opts: FinetuneOptions, kind: str, say, store, resuming: bool
 def _run_candidate(cand: FinetuneOptions, store, resuming: bool) -> dict:
     """One candidate: read back when an earlier call finished it, resumed from its checkpoint, or trained."""
     where = Path(cand.out)
-    found = "new" if not resuming else distributed.from_main(
-        lambda: "done" if (where / "metrics.json").is_file() else "checkpoint" if (where / CHECKPOINT).is_file()
-        else "new")
-    if found == "done":
-        return distributed.from_main(lambda: json.loads((where / "metrics.json").read_text()))
+    found = distributed.from_main(lambda: _candidate_state(where)) if resuming else "new"
+    if isinstance(found, dict):
+        return found  # its metrics
     if found == "checkpoint":
         return resume(where, store)
     return finetune(cand, cache_store=store)
+
+
+def _candidate_state(where: Path):
+    """A finished candidate's metrics, else "checkpoint" (interrupted) or "new"."""
+    if (where / "metrics.json").is_file():
+        return json.loads((where / "metrics.json").read_text())
+    return "checkpoint" if (where / CHECKPOINT).is_file() else "new"
 
 
 def _keep(out: Path, kind: str, best: dict, rows: list, metrics: dict, say) -> dict:

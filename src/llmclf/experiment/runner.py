@@ -17,7 +17,7 @@ from ..errors import LlmclfError
 from ..finetune import RUN_OPTIONS, TrainingInterrupted
 from ..outdir import prepare_output_dir
 from ..predict import pick_device
-from ..search import SEARCH_FILE, resume_run, train
+from ..search import read_search, resume_run, train
 from ..report import duration, total_seconds, write_results
 from ..train import PrefixCacheStore
 from .grid import build_options, check_only, load_grid, plan_rows, same_options
@@ -83,8 +83,9 @@ def _resumable(run_dir: Path, opts) -> bool:
     if (run_dir / "metrics.json").exists():
         return False
     try:
-        if (run_dir / SEARCH_FILE).is_file():
-            saved = json.loads((run_dir / SEARCH_FILE).read_text())["options"]
+        choice = read_search(run_dir)
+        if choice is not None:
+            saved = choice["options"]
         elif (run_dir / CHECKPOINT).is_file():
             saved = json.loads((run_dir / RUN_OPTIONS).read_text())
         else:
