@@ -28,6 +28,17 @@ def sms_file():
     return SMS_FILE
 
 
+def sms_subset(folder: Path, n: int) -> Path:
+    """A CSV (text, label) of the first n spam and first n ham messages of the real SMS file: a short run on real
+    texts, where a test needs training to happen but not the whole collection."""
+    import pandas as pd
+    df = pd.read_csv(SMS_FILE, sep="\t", header=None, names=["label", "text"], quoting=3)
+    rows = pd.concat([df[df.label == "spam"].head(n), df[df.label == "ham"].head(n)])
+    path = folder / f"sms{n}.csv"
+    rows[["text", "label"]].to_csv(path, index=False)
+    return path
+
+
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     from llmclf.tokenizer import GPT2Tokenizer

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write_text, default_mode
 from .classifier import POOLINGS
+from .compact import BASE, compact_state, is_base, lora_adapters, rebuild_state, stored_names, trained_names
 from .errors import LlmclfError
 
 SCHEMA_VERSION = 2
@@ -35,33 +37,6 @@ LEGACY_SCHEMA = 1  # no manifest: only the weights' sha256 is checked
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MANIFEST = "integrity"  # config.json's key for {"files": {name: sha256}, "fields": {field: digest}}
-
-
-def default_mode(directory: bool = False) -> int:
-    """The mode `open`/`mkdir` would give under the process umask. Temp files and folders (made private
-    by mkstemp/mkdtemp) get it before they are renamed into place, so results are as readable as any file."""
-    mask = os.umask(0o022)  # os offers no read-only umask call: set it and put it back at once
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(tmp)` fills a temp file in the same directory, which is then renamed to `path`: readers never
-    see half a file, a failed write leaves nothing behind, and the file gets the umask's mode."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def canonical_digest(value) -> str:
@@ -73,13 +48,15 @@ def canonical_digest(value) -> str:
 
 # ---------------------------------------------------------------------------------------------- saving
 
-def save_classifier(model, tokenizer, directory, *, labels, max_length, model_name, extra=None, blend=None) -> Path:
+def save_classifier(model, tokenizer, directory, *, labels, max_length, model_name, extra=None, blend=None,
+                    base=None) -> Path:
     """Write the classifier into `directory`, replacing any earlier one as a whole, atomically. `blend` (a
-    blend.TfidfBlend) writes its own file and config field, both covered by the manifest."""
+    blend.TfidfBlend) writes its own file and config field, both covered by the manifest. `base` (from
+    compact.base_identity) stores only what differs from those base weights; None writes every tensor."""
     directory = Path(directory)
     new = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))
     try:
-        _write_classifier(new, model, tokenizer, labels, max_length, model_name, extra, blend)
+        _write_classifier(new, model, tokenizer, labels, max_length, model_name, extra, blend, base)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
@@ -87,7 +64,8 @@ def save_classifier(model, tokenizer, directory, *, labels, max_length, model_na
     return directory
 
 
-def _write_classifier(out: Path, model, tokenizer, labels, max_length, model_name, extra, blend=None) -> None:
+def _write_classifier(out: Path, model, tokenizer, labels, max_length, model_name, extra, blend=None,
+                      base=None) -> None:
     """Weights and tokenizer files, then config.json with the manifest of them (written last), all fsynced."""
     from safetensors.torch import save_file
 
@@ -95,9 +73,17 @@ def _write_classifier(out: Path, model, tokenizer, labels, max_length, model_nam
     from .assets import sha256_file
     from .lora import merge_lora
 
+    adapters, trained = lora_adapters(model.backbone), trained_names(model.backbone)
+    # Compact only when training froze some tensors and not others: with --trainable all (or an FSDP copy, or a
+    # loaded classifier, nothing requiring grad) the flags do not tell what differs from the base.
+    partial = len({p.requires_grad for p in model.backbone.parameters()}) == 2
     merge_lora(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.backbone.state_dict().items()}
-    save_file(state, str(out / WEIGHTS), metadata={"format": "pt", "llmclf_schema": str(SCHEMA_VERSION)})
+    stored = state
+    if base is not None and partial:
+        stored, folded = compact_state(state, trained, adapters)
+        extra = {**(extra or {}), BASE: {**base, "lora": folded}}
+    save_file(stored, str(out / WEIGHTS), metadata={"format": "pt", "llmclf_schema": str(SCHEMA_VERSION)})
     os.chmod(out / WEIGHTS, default_mode())  # safetensors writes its files private
     tok_cfg = tokenizer.save(out)
     config = {
@@ -288,6 +274,9 @@ def _check_fields(f: Path, cfg: dict) -> None:
             raise LlmclfError(f"{f}: field {name!r} must be {what}, not {json.dumps(cfg[name])[:80]}")
     if cfg["num_classes"] != len(cfg["labels"]):
         raise LlmclfError(f"{f}: field 'num_classes' is {cfg['num_classes']} but there are {len(cfg['labels'])} labels")
+    if BASE in cfg and not is_base(cfg[BASE]):
+        raise LlmclfError(f"{f}: field {BASE!r} must be an object with model (a name or path), files ({{name: "
+                          "sha256}}) and lora ({module: scaling})")
 
 
 def _verify_legacy_weights(directory: Path, cfg: dict) -> None:
@@ -342,20 +331,21 @@ def find_classifier_dir(path: Path) -> tuple[Path, dict]:
     raise LlmclfError(f"{path}: not a saved classifier (no config.json)")
 
 
-def _read_weights(wfile: Path, expected: dict) -> dict[str, torch.Tensor]:
-    """The tensors of the weights file, which must be exactly those config.json lists (names, shapes, dtypes)."""
+def _read_weights(wfile: Path, expected: dict, factors: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of the weights file, which must be exactly those config.json lists (names, shapes, dtypes);
+    a compact file (`factors`: its LoRA factor names) holds some of them, and those factors."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(wfile), framework="pt") as f:
             names = set(f.keys())
-            if names != set(expected):
-                diff = sorted(names ^ set(expected))
-                raise LlmclfError(f"{wfile}: tensor names do not match config.json (e.g. {diff[0]})")
+            wrong = names ^ set(expected) if factors is None else (names - set(expected)) ^ factors
+            if wrong:
+                raise LlmclfError(f"{wfile}: tensor names do not match config.json (e.g. {sorted(wrong)[0]})")
             state = {}
             for k in names:
                 t = f.get_tensor(k)
-                if [list(t.shape), str(t.dtype).removeprefix("torch.")] != expected[k]:
+                if k in expected and [list(t.shape), str(t.dtype).removeprefix("torch.")] != expected[k]:
                     raise LlmclfError(f"{wfile}: tensor {k} is {list(t.shape)} {t.dtype}, config.json says {expected[k]}")
                 state[k] = t
     except SafetensorError as e:
@@ -379,7 +369,9 @@ def load_classifier_parts(path, device="cpu"):
     wfile = directory / cfg["weights"]["file"]
     if not wfile.is_file():
         raise LlmclfError(f"{wfile}: weights file missing")
-    state = _read_weights(wfile, cfg["weights"]["tensors"])
+    state = _read_weights(wfile, cfg["weights"]["tensors"], stored_names(cfg))
+    if BASE in cfg:
+        state = rebuild_state(f, cfg, state)
     backbone_cfg = backbone_config(f, cfg["backbone"])
     if cfg["pad_id"] >= backbone_cfg.vocab_size or cfg["max_length"] > backbone_cfg.context_length:
         raise LlmclfError(f"{f}: field 'pad_id' or 'max_length' lies outside the backbone's vocabulary or context")

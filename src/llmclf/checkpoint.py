@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .artifact import atomic_write
+from .atomic import atomic_write
 from .errors import LlmclfError
 
 CHECKPOINT = "checkpoint.safetensors"

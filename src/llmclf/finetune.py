@@ -22,7 +22,9 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .artifact import atomic_write_text, save_classifier
+from .artifact import save_classifier
+from .atomic import atomic_write_text
+from .compact import base_identity
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .classifier import TextClassifier, count_parameters, set_trainable
 from .baseline import beside_run, probability_metrics
@@ -484,6 +486,7 @@ def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, label
     errors.to_csv(job.out / "errors.csv", index=False)
     save_classifier(to_save, tokenizer, job.out / "model", labels=labels, max_length=max_length,
                     model_name=metrics["model"], blend=blend,
+                    base=None if job.opts.standalone else base_identity(job.opts.model, job.opts.weights),
                     extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")},
                            "decision": (decision or Decision()).to_config()})
     write_run_report(job.out, metrics)

@@ -32,8 +32,14 @@ class LinearWithLoRA(nn.Module):
     def merged(self) -> nn.Linear:
         """The plain Linear with the adapter folded into its weight."""
         with torch.no_grad():
-            self.linear.weight += (self.lora.scaling * (self.lora.A @ self.lora.B)).T.to(self.linear.weight.dtype)
+            self.linear.weight.copy_(fold_lora(self.linear.weight, self.lora.A, self.lora.B, self.lora.scaling))
         return self.linear
+
+
+def fold_lora(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """W + scaling * (A B)^T: the adapter folded into its base weight. Merging for saving and rebuilding a
+    compact classifier both call this, so the two give the same bits."""
+    return weight + (scaling * (A @ B)).T.to(weight.dtype)
 
 
 def replace_linear_with_lora(module: nn.Module, rank: int, alpha: float) -> None:

@@ -119,6 +119,9 @@ class FinetuneOptions:
     # the run
     overwrite: bool = opt(False, "replace an existing run directory (only one llmclf wrote: a directory holding "
                           "anything else is refused, never emptied)")
+    standalone: bool = opt(False, "write model/ with every tensor of the backbone, loadable with no base weights; by "
+                           "default it holds only the tensors training changed and the sha256 of the base weights' "
+                           "files, and loading rebuilds the rest from the asset cache (fetched if need be)")
     checkpoint_every: int = opt(50, "optimizer steps between checkpoints (0: only at epoch ends)")
     quiet: bool = opt(False, "print only the final line")
     extra: dict = opt({}, "free-form notes kept with the run (library and grids only)", cli=False)

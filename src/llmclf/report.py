@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifact import atomic_write_text
+from .atomic import atomic_write_text
 
 COLUMNS = ["name", "book_row", "kind", "model", "weights", "trainable_token", "trainable_layers", "context_length",
            "train_acc", "validation_acc", "test_acc", "test_f1", "trainable_parameters", "train_seconds",

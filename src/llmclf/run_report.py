@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifact import atomic_write_text
+from .atomic import atomic_write_text
 
 REPORT = "report.html"
 PLOTS = (("loss.png", "Training and validation loss"), ("accuracy.png", "Training and validation accuracy"),

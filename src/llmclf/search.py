@@ -29,7 +29,7 @@ from .finetune import CHECKPOINT, TrainingInterrupted, finetune, resume, saved_o
 from .options import FinetuneOptions, check_options
 from .outdir import MARKER, prepare_output_dir
 from .train import PrefixCacheStore
-from .artifact import atomic_write_text
+from .atomic import atomic_write_text
 from .run_report import write_run_report
 
 # What each candidate changes from the default recipe; the default itself runs first. The trainable depth

@@ -27,6 +27,33 @@ def _from_gguf(path: Path):
     return backbone, HFTokenizer(tok, ids["pad_id"], ids["eos_id"])
 
 
+def _local(model: str, path: Path) -> bool:
+    """`--model` names a local directory or GGUF file rather than a model of the table."""
+    return model not in MODELS and (path.exists() or "/" in model or model.startswith("."))
+
+
+def source_files(model: str, weights: str = "pretrained") -> list[Path] | None:
+    """The files the backbone's weights are read from (what a compact classifier records the sha256 of), or
+    None when there are none: random weights, or a named model that has no pretrained ones."""
+    from .hf import INDEX, download_hf
+
+    path = Path(model).expanduser()
+    if weights == "random":
+        return None
+    if _local(model, path):
+        if path.is_file():
+            return [path.resolve()]
+        return sorted(p.resolve() for p in path.iterdir()
+                      if p.name in ("config.json", INDEX) or p.name.endswith(".safetensors"))
+    spec = MODELS.get(model)
+    if spec is None or (spec.hf_repo is None and spec.gguf_asset is None):
+        return None
+    if spec.gguf_asset:
+        from ..assets import fetch
+        return [fetch(spec.gguf_asset, quiet=True)]
+    return source_files(str(download_hf(spec.hf_repo)))
+
+
 def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
     """(backbone nn.Module, tokenizer, display name) for a named model or a local directory/GGUF file."""
     from ..tokenizer import GPT2Tokenizer, tokenizer_for_dir
@@ -35,7 +62,7 @@ def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
     if weights not in ("pretrained", "random"):
         raise LlmclfError(f"--weights must be 'pretrained' or 'random', not {weights!r}")
     path = Path(model).expanduser()
-    if model not in MODELS and (path.exists() or "/" in model or model.startswith(".")):
+    if _local(model, path):
         if path.is_file() and path.suffix == ".gguf":
             backbone, tok = _from_gguf(path)
             return backbone, tok, path.name

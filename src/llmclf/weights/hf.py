@@ -342,7 +342,7 @@ def _fetch_snapshot(repo: str, revision: str, expected: dict[str, dict], target:
 
     from huggingface_hub import hf_hub_download
 
-    from ..artifact import atomic_write_text
+    from ..atomic import atomic_write_text
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
