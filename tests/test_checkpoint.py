@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from safetensors import safe_open
 
-from conftest import GPT2_TOKENIZER_DIR, run_cli
+from conftest import GPT2_TOKENIZER_DIR, run_cli, sms_subset
 
-# batch 1 makes 1,045 optimizer steps an epoch: long enough to interrupt mid-epoch.
+# 200 spam and 200 ham messages at batch 1 make 280 optimizer steps an epoch: long enough to interrupt mid-epoch.
 ARGS = ["--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "2", "--batch-size", "1", "--lr", "1e-4",
         "--tokenizer-dir", str(GPT2_TOKENIZER_DIR), "--checkpoint-every", "25", "--eval-freq", "50"]
 
@@ -37,18 +37,23 @@ def _metrics(run):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, sms_file):
+def sms400(tmp_path_factory):
+    return sms_subset(tmp_path_factory.mktemp("data"), 200)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, sms400):
     out = tmp_path_factory.mktemp("ckpt") / "full"
-    r = run_cli("train", *ARGS, "--data-file", sms_file, "--out", out)
+    r = run_cli("train", *ARGS, "--data-file", sms400, "--out", out)
     assert r.returncode == 0, r.stderr
     assert not (out / "checkpoint.safetensors").exists()  # removed once the run is complete
     return out
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_same_result(tmp_path, sms_file, uninterrupted):
+def test_sigkill_mid_epoch_then_resume_gives_the_same_result(tmp_path, sms400, uninterrupted):
     out = tmp_path / "killed"
-    proc = _start([*ARGS, "--data-file", sms_file, "--out", out])
-    assert _wait_for(proc, "Ep 2 (Step 001300)"), "training ended before the kill point"
+    proc = _start([*ARGS, "--data-file", sms400, "--out", out])
+    assert _wait_for(proc, "Ep 2 (Step 000400)"), "training ended before the kill point"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -68,9 +73,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_result(tmp_path, sms_file,
     assert (h1.fillna(-1)[["train_loss", "val_loss"]] - h2.fillna(-1)[["train_loss", "val_loss"]]).abs().max().max() < 1e-6
 
 
-def test_ctrl_c_saves_a_checkpoint_and_stops_cleanly(tmp_path, sms_file):
+def test_ctrl_c_saves_a_checkpoint_and_stops_cleanly(tmp_path, sms400):
     out = tmp_path / "interrupted"
-    proc = _start([*ARGS, "--epochs", "1", "--data-file", sms_file, "--out", out])
+    proc = _start([*ARGS, "--epochs", "1", "--data-file", sms400, "--out", out])
     assert _wait_for(proc, "(Step 000100)")
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
@@ -132,9 +137,9 @@ def test_config_that_disagrees_with_the_tensors_is_refused(tmp_path, tiny_run):
         load_classifier(run, "cpu")
 
 
-def test_same_seed_gives_identical_metrics(tmp_path, sms_file, uninterrupted):
+def test_same_seed_gives_identical_metrics(tmp_path, sms400, uninterrupted):
     out = tmp_path / "again"
-    r = run_cli("train", *ARGS, "--data-file", sms_file, "--out", out)
+    r = run_cli("train", *ARGS, "--data-file", sms400, "--out", out)
     assert r.returncode == 0, r.stderr
     assert _metrics(out) == _metrics(uninterrupted)
 

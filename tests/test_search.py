@@ -93,8 +93,8 @@ TINY = ["train", "--model", "gpt2-tiny", "--weights", "random", "--tokenizer-dir
 
 @pytest.fixture(scope="module")
 def longer_csv(tmp_path_factory):
-    """400 texts: with batch 1, each pooling's run takes a few hundred steps, long enough to interrupt."""
-    return _spam_csv(tmp_path_factory.mktemp("data"), 200)
+    """200 texts: with batch 1, each pooling's run takes 140 steps, long enough to interrupt at step 40."""
+    return _spam_csv(tmp_path_factory.mktemp("data"), 100)
 
 
 def _choice(out):
@@ -132,7 +132,7 @@ def test_an_interrupted_choice_resumes_where_it_stopped(tmp_path, longer_csv):
     seen = ""
     for line in proc.stderr:
         seen += line
-        if "pooling auto 2/2: last_nonpad" in seen and "(Step 000100)" in line:
+        if "pooling auto 2/2: last_nonpad" in seen and "(Step 000040)" in line:
             break
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
