@@ -250,3 +250,59 @@ def test_corrupted_hub_download_is_refused_and_never_cached(hub, tmp_path):
         download_hf("org/tiny")
     hub.corrupt = None
     assert (download_hf("org/tiny") / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ transformers sequence classifiers, imported
+
+TEXTS = ["WINNER!! You have won a prize, call now", "see you at lunch?", "ok"]
+
+
+def _hf_classifier(tmp_path, arch):
+    """A GPT2/LlamaForSequenceClassification with random weights and three named labels, saved by transformers."""
+    from llmclf.weights import _llama_tokenizer
+
+    labels = {"id2label": {0: "neg", 1: "neutral", 2: "pos"}, "label2id": {"neg": 0, "neutral": 1, "pos": 2}}
+    d = tmp_path / arch
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(**{**GPT2, "vocab_size": 50257}, pad_token_id=50256, **labels)
+        ref = transformers.GPT2ForSequenceClassification(cfg)
+    else:
+        tok = _llama_tokenizer()  # SmolLM2's, written beside the weights as the model's tokenizer.json
+        cfg = transformers.LlamaConfig(**{**LLAMA, "vocab_size": 49152}, pad_token_id=tok.eos_id,
+                                       eos_token_id=tok.eos_id, **labels)
+        ref = transformers.LlamaForSequenceClassification(cfg)
+    ref.eval().save_pretrained(d)
+    if arch == "llama":
+        tok.save(d)
+    return d, ref
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_transformers_sequence_classifier_predicts_as_transformers_does(tmp_path, arch):
+    from conftest import run_cli
+    from llmclf.predict import load_classifier, predict_texts
+
+    d, ref = _hf_classifier(tmp_path, arch)
+    clf = load_classifier(d, "cpu")
+    assert clf.labels == ["neg", "neutral", "pos"] and clf.model.pooling == "last_nonpad"
+    got = predict_texts(clf, TEXTS)  # one padded batch
+    with torch.no_grad():
+        want = torch.cat([ref(torch.tensor([ids])).logits.softmax(-1)
+                          for ids in clf.tokenizer.encode_batch(TEXTS, clf.max_length)])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    r = run_cli("predict", d, *TEXTS)
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[0] for line in r.stdout.strip().splitlines()] == [clf.labels[i] for i in want.argmax(-1)]
+
+
+def test_a_sequence_classifier_without_its_score_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d, _ = _hf_classifier(tmp_path, "gpt2")
+    weights = load_file(d / "model.safetensors")
+    del weights["score.weight"]
+    save_file(weights, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LlmclfError, match="no tensor score.weight"):
+        from llmclf.predict import load_classifier
+        load_classifier(d, "cpu")

@@ -358,12 +358,36 @@ def load_classifier_model(path, device="cpu"):
     return load_classifier_parts(path, device)[:3]
 
 
+def load_hf_classifier_parts(path: Path, device="cpu"):
+    """A transformers GPT2/LlamaForSequenceClassification directory as load_classifier_parts gives a saved one:
+    its `score` (no bias) becomes the class head with a zero bias, its id2label the labels, and it pools the last
+    real token, as transformers does (the last token that is not the pad token)."""
+    from .classifier import TextClassifier
+    from .tokenizer import tokenizer_for_dir
+    from .weights.hf import load_hf_classifier
+
+    backbone, bcfg, score, labels = load_hf_classifier(path)
+    model = TextClassifier(backbone, len(labels), "last_nonpad", causal=True)
+    with torch.no_grad():
+        backbone.out_head.weight.copy_(score)
+        backbone.out_head.bias.zero_()
+    tokenizer = tokenizer_for_dir(path, bcfg.arch)
+    model.to(device).eval().requires_grad_(False)
+    cfg = {"labels": labels, "num_classes": len(labels), "pooling": "last_nonpad", "causal": True,
+           "max_length": bcfg.context_length, "pad_id": tokenizer.pad_id, "model_name": Path(path).name,
+           "backbone": asdict(bcfg), "source": "transformers"}
+    return model, tokenizer, cfg, Path(path)
+
+
 def load_classifier_parts(path, device="cpu"):
     """load_classifier_model's three, plus the model directory they came from (where the blend file lies)."""
     from .classifier import TextClassifier
     from .models import build_model
     from .tokenizer import load_saved_tokenizer
+    from .weights.hf import is_hf_classifier
 
+    if is_hf_classifier(Path(path)):
+        return load_hf_classifier_parts(Path(path), device)
     directory, cfg = find_classifier_dir(Path(path))
     f = directory / CONFIG
     wfile = directory / cfg["weights"]["file"]

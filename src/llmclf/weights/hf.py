@@ -291,6 +291,44 @@ def load_hf_dir(path: Path):
     return model_from_state(cfg, sd, str(path)), cfg
 
 
+# transformers' sequence classifiers that are the backbones here plus a bias-free linear `score` on the last
+# non-pad token: exactly a TextClassifier with last_nonpad pooling and a zero head bias.
+HF_CLASSIFIERS = ("GPT2ForSequenceClassification", "LlamaForSequenceClassification")
+
+
+def is_hf_classifier(path: Path) -> bool:
+    """A directory transformers saved a GPT-2 or Llama sequence classifier into (not an llmclf model/)."""
+    try:
+        c = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(c, dict) and "schema_version" not in c and isinstance(c.get("architectures"), list)
+            and any(a in HF_CLASSIFIERS for a in c["architectures"]))
+
+
+def load_hf_classifier(path: Path):
+    """(backbone, config, score weight (C, D), labels) of a transformers *ForSequenceClassification directory.
+    Every tensor must be used, as for a language model; the backbone's own head is replaced by the caller."""
+    c = read_config(path)
+    cfg = config_from_hf(c)
+    hf = Checkpoint(read_safetensors_dir(path))
+    if "score.weight" not in hf:
+        raise LlmclfError(f"{path}: no tensor score.weight, which a sequence classifier holds")
+    score = hf["score.weight"]
+    if cfg.arch == "llama" and not cfg.tie_embeddings and "lm_head.weight" not in hf:
+        hf.tensors["lm_head.weight"] = hf.tensors["model.embed_tokens.weight"]  # no LM head: a stand-in, replaced
+    try:
+        sd = gpt2_state_from_hf(hf, cfg) if cfg.arch == "gpt2" else llama_state_from_hf(hf, cfg)
+    except KeyError as e:
+        raise LlmclfError(f"{path}: weights do not match config.json: tensor {e.args[0]} is missing") from None
+    hf.refuse_leftovers(str(path), "GPT-2" if cfg.arch == "gpt2" else "Llama")
+    id2label = c.get("id2label") or {}
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(score.shape[0])]
+    if len(set(labels)) != len(labels):
+        raise LlmclfError(f"{path}: config.json's id2label gives two classes one name")
+    return model_from_state(cfg, sd, str(path)), cfg, score.to(torch.float32), labels
+
+
 HUB_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
              "generation_config.json")
 SOURCE = "source.json"  # in each cached snapshot: the repository, revision and expected digest of every file
