@@ -306,3 +306,24 @@ def test_a_sequence_classifier_without_its_score_is_refused(tmp_path):
     with pytest.raises(LlmclfError, match="no tensor score.weight"):
         from llmclf.predict import load_classifier
         load_classifier(d, "cpu")
+
+
+def test_fine_tuning_a_sequence_classifier_starts_from_its_score(tmp_path):
+    from conftest import GPT2_TOKENIZER_DIR, sms_subset
+    from llmclf.finetune import finetune
+    from llmclf.options import FinetuneOptions
+    from llmclf.predict import load_classifier
+
+    torch.manual_seed(0)
+    labels = {"id2label": {0: "spam", 1: "ham"}, "label2id": {"spam": 0, "ham": 1}}  # not the order llmclf sorts
+    ref = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(**{**GPT2, "vocab_size": 50257},
+                                                                             pad_token_id=50256, **labels))
+    ref.eval().save_pretrained(tmp_path / "hf")
+    finetune(FinetuneOptions(out=str(tmp_path / "run"), model=str(tmp_path / "hf"), tokenizer_dir=str(GPT2_TOKENIZER_DIR),
+                             data_file=str(sms_subset(tmp_path, 30)), epochs=1, lr=1e-9, warmup=0.0, weight_decay=0.0,
+                             pooling="last_nonpad", baseline=False, blend="off", calibrate=False, quiet=True))
+    clf = load_classifier(tmp_path / "run", "cpu")
+    assert clf.labels == ["ham", "spam"]
+    head = clf.model.backbone.out_head  # after one epoch at lr 1e-9: still the score it started from, rows reordered
+    torch.testing.assert_close(head.weight, ref.score.weight.detach()[[1, 0]], atol=1e-6, rtol=0)
+    assert head.bias.abs().max() < 1e-6

@@ -37,7 +37,7 @@ from .run_report import write_run_report
 from .tensorboard_log import TensorBoardLog, check_available as check_tensorboard
 from .options import AUTO_CONTEXT, FinetuneOptions, check_options
 from .outdir import check_output_dir, prepare_output_dir
-from .weights import load_backbone
+from .weights import load_backbone, pretrained_head
 from .version import __version__
 from .train import (KeepBest, LrSchedule, Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
                     steps_per_epoch, train_classifier_simple)
@@ -100,13 +100,19 @@ def resolve_max_length(option: str, longest: int, model_context: int) -> int:
     return n
 
 
-def build_classifier(opts, num_classes: int):
-    """(TextClassifier, tokenizer, model name) with the requested trainable parameters."""
+def build_classifier(opts, labels):
+    """(TextClassifier, tokenizer, model name) with the requested trainable parameters. A transformers sequence
+    classifier trained on these labels gives its `score` as the starting head (zero bias)."""
     torch.manual_seed(opts.seed)  # random backbone weights are part of the run: seeded, so runs repeat
     backbone, tokenizer, name = load_backbone(opts.model, opts.weights, opts.tokenizer_dir)
     tokenizer.append_eos = opts.append_eos
     torch.manual_seed(opts.seed)  # the book seeds before creating the class head
-    model = TextClassifier(backbone, num_classes, opts.pooling, opts.causal)
+    model = TextClassifier(backbone, len(labels), opts.pooling, opts.causal)
+    head = pretrained_head(opts.model, labels) if opts.weights == "pretrained" else None
+    if head is not None and head.shape == backbone.out_head.weight.shape:
+        with torch.no_grad():
+            backbone.out_head.weight.copy_(head)
+            backbone.out_head.bias.zero_()
     set_trainable(model, opts.trainable, opts.lora_rank, opts.lora_alpha)
     return model, tokenizer, name
 
@@ -574,7 +580,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
     t_start = time.perf_counter()  # data ready: train_seconds runs from here to the final metrics
     job.log(f"data: {data.source}; class counts {data.class_counts}; "
             f"{'balanced, ' if opts.balance else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
-    model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, len(data.labels)))
+    model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, data.labels))
     model.to(job.device)
     datasets, max_length = tokenize_splits(job, data, model, tokenizer)
     report = data_report(data, tokenizer, max_length, opts.balance) if job.main else {}

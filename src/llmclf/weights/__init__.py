@@ -57,7 +57,7 @@ def source_files(model: str, weights: str = "pretrained") -> list[Path] | None:
 def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
     """(backbone nn.Module, tokenizer, display name) for a named model or a local directory/GGUF file."""
     from ..tokenizer import GPT2Tokenizer, tokenizer_for_dir
-    from .hf import download_hf, load_hf_dir
+    from .hf import download_hf, is_hf_classifier, load_hf_classifier, load_hf_dir
 
     if weights not in ("pretrained", "random"):
         raise LlmclfError(f"--weights must be 'pretrained' or 'random', not {weights!r}")
@@ -68,7 +68,7 @@ def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
             return backbone, tok, path.name
         if not path.is_dir():
             raise LlmclfError(f"--model {model}: no such directory (expected config.json + model.safetensors)")
-        backbone, cfg = load_hf_dir(path)
+        backbone, cfg = load_hf_classifier(path)[:2] if is_hf_classifier(path) else load_hf_dir(path)
         if weights == "random":
             backbone = build_model(cfg)
         return backbone, tokenizer_for_dir(path, cfg.arch, tokenizer_dir), path.name
@@ -86,3 +86,18 @@ def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
     local = download_hf(spec.hf_repo)
     backbone, cfg = load_hf_dir(local)
     return backbone, tokenizer_for_dir(local, cfg.arch, tokenizer_dir), model
+
+
+def pretrained_head(model: str, labels):
+    """The class head to start from when `--model` is a transformers sequence classifier whose labels are these
+    (in any order): its `score` rows in the order of `labels`. None for any other model or other labels."""
+    from .hf import is_hf_classifier, load_hf_classifier
+
+    path = Path(model).expanduser()
+    if not (_local(model, path) and path.is_dir() and is_hf_classifier(path)):
+        return None
+    _, _, score, theirs = load_hf_classifier(path)
+    ours = [str(x) for x in labels]
+    if sorted(theirs) != sorted(ours):
+        return None
+    return score[[theirs.index(x) for x in ours]]
