@@ -143,6 +143,12 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing baseline directory (only one "
                    "llmclf wrote)")
 
+    p = sub.add_parser("export", help="write a saved classifier in another format (hf: transformers' "
+                       "GPT2ForSequenceClassification)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["hf"], default="hf")
+    p.add_argument("--out", required=True, help="the new directory to write")
+
     p = sub.add_parser("download", help="fetch a model's weights (and tokenizer) into the cache")
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--list", action="store_true", help="list the named models")
@@ -290,6 +296,13 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .export import export_hf
+    print(f"exported {a.run_dir} -> {export_hf(a.run_dir, a.out)} (load with "
+          "transformers.AutoModelForSequenceClassification.from_pretrained)")
+    return 0
+
+
 def cmd_download(a) -> int:
     from .models import MODELS
     if a.list or a.model is None:
@@ -339,8 +352,8 @@ def cmd_baseline(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "finetune": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "generate": cmd_generate, "download": cmd_download, "serve": cmd_serve, "experiment": cmd_experiment,
-            "baseline": cmd_baseline}
+            "generate": cmd_generate, "export": cmd_export, "download": cmd_download, "serve": cmd_serve,
+            "experiment": cmd_experiment, "baseline": cmd_baseline}
 
 
 def main(argv=None) -> int:

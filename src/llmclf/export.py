@@ -1,0 +1,130 @@
+"""`llmclf export RUN_DIR --format hf --out DIR`: a saved GPT-2 classifier as transformers'
+GPT2ForSequenceClassification, which `AutoModelForSequenceClassification` and `AutoTokenizer` load with no
+custom code and `pipeline("text-classification")` runs.
+
+The mapping is exact or refused. transformers reads the last real token's final-norm output through `score`,
+a Linear without bias. Our head has a bias b; GPT-2's final LayerNorm has a shift beta that only the head reads,
+so beta' = beta + W^+ b gives W beta' = W beta + b whenever W (classes x width) has full row rank (checked). The
+calibration temperature T divides the logits, so W / T and b / T carry it. What the format cannot hold (mean or
+first-token pooling, no causal mask, a TF-IDF blend, a decision threshold, an appended end-of-text token, the
+Llama family's bias-free RMSNorm) is one line saying why, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .artifact import load_classifier_parts
+from .atomic import default_mode
+from .decision import load_decision
+from .errors import LlmclfError
+
+
+def export_hf(run_dir, out) -> Path:
+    """Write the classifier of RUN_DIR into the new directory `out`, atomically (a temp folder renamed)."""
+    out = Path(out)
+    if out.exists():
+        raise LlmclfError(f"--out {out}: already exists; export writes a new directory")
+    model, tokenizer, cfg, directory = load_classifier_parts(Path(run_dir))
+    decision = load_decision(cfg, Path(directory) / "config.json")
+    _refuse_what_hf_cannot_hold(model, tokenizer, cfg, decision)
+    state = hf_gpt2_state(model, decision.temperature)
+    if not out.parent.is_dir():
+        raise LlmclfError(f"--out {out}: no such folder {out.parent}")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        from safetensors.torch import save_file
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(tmp / "config.json", hf_gpt2_config(model.backbone.cfg, cfg["labels"], tokenizer.pad_id))
+        _write_gpt2_tokenizer(tmp, directory, cfg, tokenizer.pad_id)
+        for p in tmp.iterdir():
+            os.chmod(p, default_mode())
+        os.chmod(tmp, default_mode(directory=True))
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _refuse_what_hf_cannot_hold(model, tokenizer, cfg, decision) -> None:
+    why = None
+    if model.backbone.cfg.arch != "gpt2":
+        why = ("transformers' LlamaForSequenceClassification has a bias-free head and RMSNorm no shift to absorb "
+               "our head's bias; only GPT-2 classifiers export for now")
+    elif model.pooling != "last_nonpad":
+        why = f"pooling {model.pooling}: transformers reads the last real token (train with --pooling last_nonpad)"
+    elif not model.causal:
+        why = "no causal mask: transformers' GPT-2 is always causal"
+    elif cfg.get("blend") is not None:
+        why = "the saved classifier blends the LLM with TF-IDF, which transformers cannot hold (train with --blend off)"
+    elif decision.threshold is not None:
+        why = ("the classifier decides by a threshold (--operating-point), transformers by the argmax (train with "
+               "--operating-point argmax)")
+    elif tokenizer.append_eos:
+        why = "--append-eos: transformers' GPT-2 tokenizer does not append the end-of-text token"
+    if why:
+        raise LlmclfError(f"cannot export to the Hugging Face format: {why}")
+
+
+def hf_gpt2_state(model, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """Our GPT-2 names -> transformers' (Conv1D weights are stored (in, out)), with the head folded as above."""
+    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.backbone.state_dict().items()}
+    cfg = model.backbone.cfg
+    w = sd["out_head.weight"].double() / temperature
+    b = sd["out_head.bias"].double() / temperature
+    shift = sd["final_norm.shift"].double() + torch.linalg.pinv(w) @ b
+    if (w @ (shift - sd["final_norm.shift"].double()) - b).abs().max() > 1e-6:
+        raise LlmclfError("cannot export to the Hugging Face format: the head's bias does not fold into the final "
+                          "norm (its weight rows are linearly dependent)")
+    out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
+           "transformer.ln_f.weight": sd["final_norm.scale"], "transformer.ln_f.bias": shift.float(),
+           "score.weight": w.float()}
+    zeros = torch.zeros(cfg.emb_dim)
+    for i in range(cfg.n_layers):
+        b_, p = f"trf_blocks.{i}.", f"transformer.h.{i}."
+        qkv = [sd[f"{b_}att.W_{n}.weight"] for n in ("query", "key", "value")]
+        qkv_bias = [sd.get(f"{b_}att.W_{n}.bias", zeros) for n in ("query", "key", "value")]
+        out.update({
+            p + "ln_1.weight": sd[b_ + "norm1.scale"], p + "ln_1.bias": sd[b_ + "norm1.shift"],
+            p + "attn.c_attn.weight": torch.cat(qkv, 0).t(), p + "attn.c_attn.bias": torch.cat(qkv_bias),
+            p + "attn.c_proj.weight": sd[b_ + "att.out_proj.weight"].t(), p + "attn.c_proj.bias": sd[b_ + "att.out_proj.bias"],
+            p + "ln_2.weight": sd[b_ + "norm2.scale"], p + "ln_2.bias": sd[b_ + "norm2.shift"],
+            p + "mlp.c_fc.weight": sd[b_ + "ff.layers.0.weight"].t(), p + "mlp.c_fc.bias": sd[b_ + "ff.layers.0.bias"],
+            p + "mlp.c_proj.weight": sd[b_ + "ff.layers.2.weight"].t(), p + "mlp.c_proj.bias": sd[b_ + "ff.layers.2.bias"],
+        })
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def hf_gpt2_config(cfg, labels: list[str], pad_id: int) -> dict:
+    return {"architectures": ["GPT2ForSequenceClassification"], "model_type": "gpt2",
+            "vocab_size": cfg.vocab_size, "n_positions": cfg.context_length, "n_embd": cfg.emb_dim,
+            "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "activation_function": "gelu_new",
+            "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "summary_type": "cls_index", "id2label": {str(i): x for i, x in enumerate(labels)},
+            "label2id": {x: i for i, x in enumerate(labels)}, "pad_token_id": pad_id, "bos_token_id": 50256,
+            "eos_token_id": 50256, "tie_word_embeddings": True, "torch_dtype": "float32"}
+
+
+def _write_gpt2_tokenizer(out: Path, directory: Path, cfg: dict, pad_id: int) -> None:
+    """GPT-2's BPE as transformers reads it: encoder.json is vocab.json, vocab.bpe is merges.txt; texts are cut
+    at the classifier's max_length (call the pipeline with truncation=True)."""
+    files = cfg["tokenizer"]["files"] if "tokenizer" in cfg else []
+    if sorted(files) != ["encoder.json", "vocab.bpe"]:
+        raise LlmclfError("cannot export to the Hugging Face format: the classifier has no GPT-2 BPE files")
+    shutil.copyfile(directory / "encoder.json", out / "vocab.json")
+    shutil.copyfile(directory / "vocab.bpe", out / "merges.txt")
+    eot = "<|endoftext|>"
+    _write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": cfg["max_length"], "add_prefix_space": False,
+        "bos_token": eot, "eos_token": eot, "unk_token": eot, "pad_token": eot, "padding_side": "right"})
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2), encoding="utf-8")
