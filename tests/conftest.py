@@ -45,23 +45,40 @@ def gpt2_tokenizer():
     return GPT2Tokenizer(GPT2_TOKENIZER_DIR)
 
 
+def built_once(tmp_path_factory, folder: str, leaf: str, build) -> Path:
+    """The run directory of a session fixture: under pytest-xdist, built by the first worker to get here (the
+    others wait on a file lock, then read it), as it is built once in a serial session."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # a serial session
+        out = tmp_path_factory.mktemp(folder) / leaf
+        build(out)
+        return out
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp().parent  # this session's folder, shared by its workers
+    out = root / folder / leaf
+    with FileLock(str(root / f"{folder}.lock")):
+        if not (out / "metrics.json").is_file():  # written last: a complete run
+            out.parent.mkdir(exist_ok=True)
+            build(out)
+    return out
+
+
+def _train(out: Path, *args, env=None) -> None:
+    r = run_cli("train", *args, "--out", out, env=env)
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, sms_file):
     """A gpt2-tiny classifier trained for 2 epochs on the real SMS data, through the CLI."""
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean",
-                "--weights", "random", "--epochs", "2", "--data-file", sms_file,
-                "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--out", out, "--lr", "1e-3")
-    assert r.returncode == 0, r.stderr
-    return out
+    return built_once(tmp_path_factory, "runs", "tiny", lambda out: _train(
+        out, "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "2", "--data-file",
+        sms_file, "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--lr", "1e-3"))
 
 
 @pytest.fixture(scope="session")
 def decision_run(tmp_path_factory, sms_file):
     """gpt2-tiny (random weights, 1 epoch) on the real SMS file, calibrated, at most 0.5% of ham flagged."""
-    out = tmp_path_factory.mktemp("decision") / "run"
-    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1", "--tokenizer-dir",
-                GPT2_TOKENIZER_DIR, "--data-file", sms_file, "--operating-point", "max_fpr=0.005", "--out", out,
-                env={"OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr
-    return out
+    return built_once(tmp_path_factory, "decision", "run", lambda out: _train(
+        out, "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1", "--tokenizer-dir",
+        GPT2_TOKENIZER_DIR, "--data-file", sms_file, "--operating-point", "max_fpr=0.005",
+        env={"OMP_NUM_THREADS": "1"}))

@@ -153,9 +153,9 @@ BEST = ["--model", "gpt2-tiny", "--pooling", "mean",
 
 
 @pytest.fixture(scope="module")
-def best_run(tmp_path_factory, sms_file):
+def best_run(tmp_path_factory, sms400):
     out = tmp_path_factory.mktemp("best") / "full"
-    r = run_cli("train", *BEST, "--data-file", sms_file, "--out", out)
+    r = run_cli("train", *BEST, "--data-file", sms400, "--out", out)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -173,9 +173,9 @@ def test_keep_best_saves_the_best_validation_epoch(best_run):
     assert m["validation"]["loss"] == pytest.approx(kept["value"], abs=1e-5)
 
 
-def test_resuming_a_killed_keep_best_run_keeps_the_same_epoch(tmp_path, sms_file, best_run):
+def test_resuming_a_killed_keep_best_run_keeps_the_same_epoch(tmp_path, sms400, best_run):
     out = tmp_path / "killed"
-    proc = _start([*BEST, "--data-file", sms_file, "--out", out])
+    proc = _start([*BEST, "--data-file", sms400, "--out", out])
     assert _wait_for(proc, "Epoch 3: validation loss"), "training ended before the kill point"
     proc.send_signal(signal.SIGKILL)  # after epoch 2's checkpoint (it holds the best weights so far)
     proc.wait(timeout=30)

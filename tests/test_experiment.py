@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import GPT2_TOKENIZER_DIR, run_cli
+from conftest import GPT2_TOKENIZER_DIR, run_cli, sms_subset
 from llmclf.classifier import TextClassifier, set_trainable
 from llmclf.errors import LlmclfError
 from llmclf.experiment import duration, run_experiments
@@ -299,7 +299,7 @@ def test_book_table_preset_runs_selected_rows_with_baselines(tmp_path, small_csv
     assert list(df3["name"][:3]) == ["default", "first-token", "last-layer"]
 
 
-def test_ctrl_c_during_a_row_exits_130_and_a_rerun_continues(tmp_path, sms_file):
+def test_ctrl_c_during_a_row_exits_130_and_a_rerun_continues(tmp_path):
     import os
     import signal
     import subprocess
@@ -310,7 +310,7 @@ def test_ctrl_c_during_a_row_exits_130_and_a_rerun_continues(tmp_path, sms_file)
                     'checkpoint_every = 25\n\n[[run]]\nname = "slow"\n')
     out = tmp_path / "out"
     args = [sys.executable, "-m", "llmclf", "experiment", "--grid", str(grid), "--out", str(out),
-            "--data-file", str(sms_file), "--tokenizer-dir", str(GPT2_TOKENIZER_DIR)]
+            "--data-file", str(sms_subset(tmp_path, 100)), "--tokenizer-dir", str(GPT2_TOKENIZER_DIR)]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, **ONE_THREAD})
     ckpt = out / "runs" / "slow" / "checkpoint.safetensors"
