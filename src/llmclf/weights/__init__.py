@@ -91,12 +91,12 @@ def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
 def pretrained_head(model: str, labels):
     """The class head to start from when `--model` is a transformers sequence classifier whose labels are these
     (in any order): its `score` rows in the order of `labels`. None for any other model or other labels."""
-    from .hf import is_hf_classifier, load_hf_classifier
+    from .hf import is_hf_classifier, read_hf_score
 
     path = Path(model).expanduser()
     if not (_local(model, path) and path.is_dir() and is_hf_classifier(path)):
         return None
-    _, _, score, theirs = load_hf_classifier(path)
+    score, theirs = read_hf_score(path)
     ours = [str(x) for x in labels]
     if sorted(theirs) != sorted(ours):
         return None

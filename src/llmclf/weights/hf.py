@@ -282,13 +282,17 @@ def load_hf_dir(path: Path):
     """(model, config) from a local Hugging Face directory of a GPT-2 or Llama-family model. Every tensor of
     the checkpoint must be used (or be a known derived buffer), and every parameter of ours filled."""
     cfg = config_from_hf(read_config(path))
-    hf = Checkpoint(read_safetensors_dir(path))
+    return _backbone(path, cfg, Checkpoint(read_safetensors_dir(path))), cfg
+
+
+def _backbone(path: Path, cfg, hf: Checkpoint):
+    """Our model from a checkpoint's tensors, mapped by name; a tensor left unused is refused."""
     try:
         sd = gpt2_state_from_hf(hf, cfg) if cfg.arch == "gpt2" else llama_state_from_hf(hf, cfg)
     except KeyError as e:
         raise LlmclfError(f"{path}: weights do not match config.json: tensor {e.args[0]} is missing") from None
     hf.refuse_leftovers(str(path), "GPT-2" if cfg.arch == "gpt2" else "Llama")
-    return model_from_state(cfg, sd, str(path)), cfg
+    return model_from_state(cfg, sd, str(path))
 
 
 # transformers' sequence classifiers that are the backbones here plus a bias-free linear `score` on the last
@@ -312,21 +316,26 @@ def load_hf_classifier(path: Path):
     c = read_config(path)
     cfg = config_from_hf(c)
     hf = Checkpoint(read_safetensors_dir(path))
+    score, labels = _score_and_labels(path, c, hf)
+    if cfg.arch == "llama" and not cfg.tie_embeddings and "lm_head.weight" not in hf:
+        hf.tensors["lm_head.weight"] = hf.tensors["model.embed_tokens.weight"]  # no LM head: a stand-in, replaced
+    return _backbone(path, cfg, hf), cfg, score, labels
+
+
+def read_hf_score(path: Path):
+    """(score weight, labels) of a transformers sequence classifier, without building its model."""
+    return _score_and_labels(path, read_config(path), Checkpoint(read_safetensors_dir(path)))
+
+
+def _score_and_labels(path: Path, c: dict, hf: Checkpoint):
     if "score.weight" not in hf:
         raise LlmclfError(f"{path}: no tensor score.weight, which a sequence classifier holds")
     score = hf["score.weight"]
-    if cfg.arch == "llama" and not cfg.tie_embeddings and "lm_head.weight" not in hf:
-        hf.tensors["lm_head.weight"] = hf.tensors["model.embed_tokens.weight"]  # no LM head: a stand-in, replaced
-    try:
-        sd = gpt2_state_from_hf(hf, cfg) if cfg.arch == "gpt2" else llama_state_from_hf(hf, cfg)
-    except KeyError as e:
-        raise LlmclfError(f"{path}: weights do not match config.json: tensor {e.args[0]} is missing") from None
-    hf.refuse_leftovers(str(path), "GPT-2" if cfg.arch == "gpt2" else "Llama")
     id2label = c.get("id2label") or {}
     labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(score.shape[0])]
     if len(set(labels)) != len(labels):
         raise LlmclfError(f"{path}: config.json's id2label gives two classes one name")
-    return model_from_state(cfg, sd, str(path)), cfg, score.to(torch.float32), labels
+    return score.to(torch.float32), labels
 
 
 HUB_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
