@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BACKENDS = ("torch", "onnx")
+BACKEND_HELP = ("onnx: run the classifier's ONNX graph with onnxruntime on the CPU (exported into the cache on first "
+                "use; pip install 'llmclf[onnx]')")
+
+
 def _add_use_parsers(sub) -> None:
     """evaluate, predict, generate: using a classifier or a backbone."""
     from .options import MODEL_KEYS
@@ -90,6 +95,7 @@ def _add_use_parsers(sub) -> None:
     p.add_argument("--label-column")
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
 
     p = sub.add_parser("predict", help="classify texts with a saved classifier")
     p.add_argument("run_dir")
@@ -99,6 +105,7 @@ def _add_use_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON lines with every class probability")
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
 
     p = sub.add_parser("generate", help="greedy continuation of a prompt (checks that weights loaded right)")
     add_options(p, MODEL_KEYS)
@@ -122,6 +129,7 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds in-flight requests get after SIGTERM (default: 10)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
 
 
 def _add_experiment_parsers(sub) -> None:
@@ -144,9 +152,9 @@ def _add_experiment_parsers(sub) -> None:
                    "llmclf wrote)")
 
     p = sub.add_parser("export", help="write a saved classifier in another format (hf: transformers' "
-                       "GPT2ForSequenceClassification)")
+                       "GPT2ForSequenceClassification; onnx: a graph for onnxruntime)")
     p.add_argument("run_dir")
-    p.add_argument("--format", choices=["hf"], default="hf")
+    p.add_argument("--format", choices=["hf", "onnx"], default="hf")
     p.add_argument("--out", required=True, help="the new directory to write")
 
     p = sub.add_parser("download", help="fetch a model's weights (and tokenizer) into the cache")
@@ -223,7 +231,7 @@ def cmd_evaluate(a) -> int:
     from .predict import load_classifier, predict_texts
     import torch
 
-    clf = load_classifier(a.run_dir, a.device)
+    clf = load_classifier(a.run_dir, a.device, a.backend)
     df = read_table(a.data_file, a.text_column, a.label_column)
     index = {name: i for i, name in enumerate(clf.labels)}
     unknown = sorted(set(df["label"]) - set(index))
@@ -274,7 +282,7 @@ def cmd_predict(a) -> int:
     distributed.init()
     texts = distributed.from_main(gather_texts)
     device = distributed.agree(lambda: distributed.device(a.device))
-    clf = distributed.agree(lambda: load_classifier(a.run_dir, device))
+    clf = distributed.agree(lambda: load_classifier(a.run_dir, device, a.backend))
     probs = predict_texts_distributed(clf, texts, a.batch_size,
                                       progress=bool(a.input) and sys.stderr.isatty() and distributed.is_main())
     if not distributed.is_main():
@@ -297,7 +305,11 @@ def cmd_generate(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from .export import export_hf
+    from .export import export_hf, export_onnx
+    if a.format == "onnx":
+        print(f"exported {a.run_dir} -> {export_onnx(a.run_dir, a.out)} (model.onnx for onnxruntime; inputs, "
+              "outputs and labels in classifier.json)")
+        return 0
     print(f"exported {a.run_dir} -> {export_hf(a.run_dir, a.out)} (load with "
           "transformers.AutoModelForSequenceClassification.from_pretrained)")
     return 0
@@ -319,7 +331,7 @@ def cmd_download(a) -> int:
 def cmd_serve(a) -> int:
     from .serve import serve
     serve(a.run_dir, host=a.host, port=a.port, workers=a.workers, max_texts=a.max_texts, max_chars=a.max_chars,
-          device=a.device, max_queue=a.max_queue, request_timeout=a.request_timeout,
+          device=a.device, backend=a.backend, max_queue=a.max_queue, request_timeout=a.request_timeout,
           shutdown_grace=a.shutdown_grace)
     return 0
 

@@ -1,6 +1,7 @@
-"""`llmclf export RUN_DIR --format hf --out DIR`: a saved GPT-2 classifier as transformers'
-GPT2ForSequenceClassification, which `AutoModelForSequenceClassification` and `AutoTokenizer` load with no
-custom code and `pipeline("text-classification")` runs.
+"""`llmclf export RUN_DIR --format hf|onnx --out DIR`. `onnx`: the graph of onnx_graph.py with its tokenizer
+and labels. `hf`: a saved GPT-2 classifier as transformers' GPT2ForSequenceClassification, which
+`AutoModelForSequenceClassification` and `AutoTokenizer` load with no custom code and
+`pipeline("text-classification")` runs.
 
 The mapping is exact or refused. transformers reads the last real token's final-norm output through `score`,
 a Linear without bias. Our head has a bias b; GPT-2's final LayerNorm has a shift beta that only the head reads,
@@ -27,22 +28,83 @@ from .errors import LlmclfError
 
 
 def export_hf(run_dir, out) -> Path:
-    """Write the classifier of RUN_DIR into the new directory `out`, atomically (a temp folder renamed)."""
-    out = Path(out)
-    if out.exists():
-        raise LlmclfError(f"--out {out}: already exists; export writes a new directory")
+    """Write the classifier of RUN_DIR into the new directory `out` as GPT2ForSequenceClassification."""
+    out = _new_dir(out)
     model, tokenizer, cfg, directory = load_classifier_parts(Path(run_dir))
     decision = load_decision(cfg, Path(directory) / "config.json")
     _refuse_what_hf_cannot_hold(model, tokenizer, cfg, decision)
     state = hf_gpt2_state(model, decision.temperature)
-    if not out.parent.is_dir():
-        raise LlmclfError(f"--out {out}: no such folder {out.parent}")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
-    try:
+
+    def write(tmp: Path) -> None:
         from safetensors.torch import save_file
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", hf_gpt2_config(model.backbone.cfg, cfg["labels"], tokenizer.pad_id))
         _write_gpt2_tokenizer(tmp, directory, cfg, tokenizer.pad_id)
+
+    return _write_new_dir(out, write)
+
+
+def export_onnx(run_dir, out) -> Path:
+    """Write the classifier of RUN_DIR into the new directory `out`: model.onnx (onnx_graph.py), classifier.json
+    (labels, inputs and outputs, how to tokenize) and tokenizer.json, which the `tokenizers` library reads."""
+    from .onnx_graph import export_graph
+
+    out = _new_dir(out)
+    model, tokenizer, cfg, directory = load_classifier_parts(Path(run_dir))
+    decision = load_decision(cfg, Path(directory) / "config.json")
+    if cfg.get("blend") is not None:
+        raise LlmclfError("cannot export to ONNX: the saved classifier blends the LLM with TF-IDF, which the graph "
+                          "cannot hold (train with --blend off, or run it in llmclf with --backend onnx)")
+
+    def write(tmp: Path) -> None:
+        export_graph(model, decision, tmp / "model.onnx")
+        _hf_tokenizer(tokenizer, directory).save(str(tmp / "tokenizer.json"))
+        _write_json(tmp / "classifier.json", onnx_card(cfg, tokenizer, decision, model.pooling))
+
+    return _write_new_dir(out, write)
+
+
+def onnx_card(cfg: dict, tokenizer, decision, pooling: str) -> dict:
+    """classifier.json beside model.onnx: all a program needs to feed the graph and read its answer."""
+    return {"format": "llmclf-onnx", "labels": cfg["labels"], "model_name": cfg.get("model_name"),
+            "inputs": {"input_ids": "int64 [batch, sequence]: tokenizer.json's ids without special tokens, cut "
+                                    "at max_length, padded on the right with pad_id",
+                       "attention_mask": "int64 [batch, sequence]: 1 on real tokens, 0 on padding"},
+            "outputs": {"logits": "float32 [batch, classes]", "probabilities": "float32 [batch, classes], calibrated",
+                        "label": "int64 [batch]: index into labels"},
+            "max_length": cfg["max_length"], "pad_id": tokenizer.pad_id,
+            "pad_to_max_length": pooling == "last",  # the book's pooling reads position max_length - 1
+            "append_eos_id": tokenizer.eos_id if tokenizer.append_eos else None,
+            "empty_text": "one pad_id token", "decision": decision.to_config()}
+
+
+def _hf_tokenizer(tokenizer, directory: Path):
+    """The classifier's tokenizer as a `tokenizers.Tokenizer`; GPT-2's BPE files become byte-level BPE, the
+    same split as tiktoken's (the same pattern and merges)."""
+    if hasattr(tokenizer, "tok"):
+        return tokenizer.tok
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE.from_file(str(directory / "encoder.json"), str(directory / "vocab.bpe")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _new_dir(out) -> Path:
+    out = Path(out)
+    if out.exists():
+        raise LlmclfError(f"--out {out}: already exists; export writes a new directory")
+    if not out.parent.is_dir():
+        raise LlmclfError(f"--out {out}: no such folder {out.parent}")
+    return out
+
+
+def _write_new_dir(out: Path, write) -> Path:
+    """write(tmp) into a temp folder beside `out`, renamed to `out` when complete: never half a directory."""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        write(tmp)
         for p in tmp.iterdir():
             os.chmod(p, default_mode())
         os.chmod(tmp, default_mode(directory=True))

@@ -19,6 +19,7 @@ from .blend import load_blend
 from .decision import Decision, load_decision
 from .data import distinct_sequences, length_sorted_chunks, pad_batch
 from .distributed import pick_device
+from .errors import LlmclfError
 from .parallel import map_batches
 
 
@@ -30,6 +31,7 @@ class Classifier:
     device: str = "cpu"
     blend: object = None  # a blend.TfidfBlend when the classifier was saved with one (--blend)
     decision: Decision = Decision()  # temperature and operating point chosen on validation (decision.py)
+    backend: str = "torch"  # or "onnx": `model` is an onnx_graph.OnnxModel
 
     @property
     def labels(self) -> list[str]:
@@ -40,11 +42,20 @@ class Classifier:
         return self.config["max_length"]
 
 
-def load_classifier(path, device: str = "auto") -> Classifier:
-    device = pick_device(device)
+def load_classifier(path, device: str = "auto", backend: str = "torch") -> Classifier:
+    """A saved classifier, verified. backend "onnx": its ONNX graph runs in onnxruntime instead of torch (on the
+    CPU); tokenizing, the blend and the decision stay as they are."""
+    if backend not in ("torch", "onnx"):
+        raise LlmclfError(f"backend must be torch or onnx (got {backend!r})")
+    device = pick_device("cpu" if backend == "onnx" and device == "auto" else device)
+    if backend == "onnx" and device != "cpu":
+        raise LlmclfError(f"--backend onnx runs on the CPU (got --device {device})")
     model, tokenizer, cfg, directory = load_classifier_parts(Path(path), device)
-    return Classifier(model, tokenizer, cfg, device, load_blend(directory, cfg),
-                      load_decision(cfg, Path(directory) / "config.json"))
+    decision = load_decision(cfg, Path(directory) / "config.json")
+    if backend == "onnx":
+        from .onnx_graph import onnx_model
+        model = onnx_model(model, decision, cfg)
+    return Classifier(model, tokenizer, cfg, device, load_blend(directory, cfg), decision, backend)
 
 
 def encode_texts(clf: Classifier, texts: list[str]) -> list[list[int]]:

@@ -86,7 +86,9 @@ def project_real_tokens(linear, x: torch.Tensor, lengths: torch.Tensor | None) -
     which computes one query per row, the K/V projections are most of the work, and in a shuffled training
     batch padded to its longest text about half of the positions are padding."""
     B, T, _ = x.shape
-    if lengths is None or int(lengths.min()) == T:
+    # A graph being exported (ONNX) cannot have shapes that depend on the data: it projects every position,
+    # which gives the same attention output since padded keys are masked.
+    if lengths is None or torch.compiler.is_exporting() or int(lengths.min()) == T:
         return linear(x)
     real = torch.arange(T, device=x.device)[None, :] < lengths[:, None]
     y = linear(x[real])
