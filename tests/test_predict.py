@@ -55,7 +55,7 @@ def test_trained_run_files_and_metrics(tiny_run):
 
 def test_predict_cli_and_library_agree(tiny_run):
     texts = ["WINNER!! Claim your prize now", "See you at lunch?"]
-    r = run_cli("predict", tiny_run, *texts)
+    r = run_cli("predict", tiny_run, texts[0], "--batch-size", "4", texts[1])  # texts before and after an option
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().split("\n")
     clf = load_classifier(tiny_run, "cpu")

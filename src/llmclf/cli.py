@@ -370,7 +370,11 @@ COMMANDS = {"train": cmd_train, "finetune": cmd_train, "evaluate": cmd_evaluate,
 
 def main(argv=None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, extra = parser.parse_known_args(argv)
+    if extra and a.command == "predict" and not any(x.startswith("-") for x in extra):
+        a.texts += extra  # texts after an option (argparse gives a nargs="*" positional only those before)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from . import distributed
     try:
         if distributed.launched() and a.command not in ("train", "finetune", "predict"):
