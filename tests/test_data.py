@@ -255,3 +255,111 @@ def test_balance_ratio_keeps_the_majority_at_most_r_times_the_minority(sms_file)
     assert counts(three) == {"ham": 3 * 747, "spam": 747}
     with pytest.raises(LlmclfError, match="--balance-ratio must be a number of at least 1"):
         check_options(FinetuneOptions(out="x", balance_ratio=0.5))
+
+
+def _sms_frame(sms_file, n_spam, n_ham):
+    df = read_table(sms_file)
+    return pd.concat([df[df.label == "spam"].head(n_spam), df[df.label == "ham"].head(n_ham)]).reset_index(drop=True)
+
+
+def _save_dataset(frame, path, names=("ham", "spam")):
+    """`frame` written by datasets' save_to_disk, the label a ClassLabel (its integer ids on disk)."""
+    from datasets import ClassLabel, Dataset
+    ds = Dataset.from_dict({"sms": list(frame["text"]), "label": [names.index(x) for x in frame["label"]]})
+    ds = ds.cast_column("label", ClassLabel(names=list(names)))
+    ds.save_to_disk(str(path))
+    return ds
+
+
+def test_parquet_files_written_by_pandas_and_pyarrow_are_read_with_their_columns(tmp_path, sms_file):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    frame = _sms_frame(sms_file, 30, 40)
+    frame.rename(columns={"text": "message", "label": "category"}).to_parquet(tmp_path / "pandas.parquet")
+    pq.write_table(pa.table({"id": list(range(70)), "body": list(frame["text"]),
+                             "y": [int(x == "spam") for x in frame["label"]]}), tmp_path / "arrow.parquet")
+    by_pandas = read_table(tmp_path / "pandas.parquet")
+    assert list(by_pandas["text"]) == list(frame["text"]) and list(by_pandas["label"]) == list(frame["label"])
+    by_arrow = read_table(tmp_path / "arrow.parquet")
+    assert list(by_arrow["text"]) == list(frame["text"])
+    assert list(by_arrow["label"]) == [str(int(x == "spam")) for x in frame["label"]]
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(LlmclfError, match="bad.parquet: cannot parse as Parquet"):
+        read_table(tmp_path / "bad.parquet")
+
+
+def test_a_saved_dataset_is_read_with_its_label_names_and_unlabelled_rows_skipped(tmp_path, sms_file, capsys):
+    frame = _sms_frame(sms_file, 10, 15)
+    from datasets import ClassLabel, Dataset
+    ds = Dataset.from_dict({"sms": list(frame["text"]) + ["an unlabelled text"], "label": [
+        ["ham", "spam"].index(x) for x in frame["label"]] + [-1]}).cast_column("label", ClassLabel(names=["ham", "spam"]))
+    ds.save_to_disk(str(tmp_path / "ds"))
+    df = read_table(tmp_path / "ds")
+    assert list(df["text"]) == list(frame["text"]) and list(df["label"]) == list(frame["label"])  # names, not 0/1
+    assert "skipped 1 row(s) with no label" in capsys.readouterr().err
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(LlmclfError, match="plain: is a directory, expected a data file or a directory saved by"):
+        read_table(tmp_path / "plain")
+
+
+def test_a_saved_dataset_dict_gives_its_splits_and_a_missing_one_is_carved(tmp_path, sms_file):
+    from datasets import DatasetDict
+    from llmclf.data import load_data
+    from llmclf.options import FinetuneOptions, check_options
+    frame = _sms_frame(sms_file, 60, 90).sample(frac=1, random_state=0)
+    parts = {"train": frame.iloc[:100], "test": frame.iloc[100:]}
+    for name, part in parts.items():
+        _save_dataset(part, tmp_path / name)
+    DatasetDict({name: _save_dataset(part, tmp_path / f"{name}-copy") for name, part in parts.items()}).save_to_disk(
+        str(tmp_path / "dd"))
+    data = load_data(check_options(FinetuneOptions(out="x", data_file=str(tmp_path / "dd"), balance=False)))
+    assert list(data.test["text"]) == list(parts["test"]["text"])  # the saved test split, as it is
+    assert (len(data.train), len(data.validation)) == (90, 10)  # validation: --split's 10% of the train split
+    assert sorted(pd.concat([data.train, data.validation])["text"]) == sorted(parts["train"]["text"])
+    with pytest.raises(LlmclfError, match="holds the splits train, test; pass it as --data-file"):
+        read_table(tmp_path / "dd")
+
+
+def test_train_command_reads_a_saved_dataset_dict(tmp_path, sms_file):
+    from datasets import DatasetDict
+    from conftest import GPT2_TOKENIZER_DIR, run_cli
+    frame = _sms_frame(sms_file, 40, 40).sample(frac=1, random_state=0)
+    DatasetDict({"train": _save_dataset(frame.iloc[:60], tmp_path / "a"),
+                 "validation": _save_dataset(frame.iloc[60:70], tmp_path / "b"),
+                 "test": _save_dataset(frame.iloc[70:], tmp_path / "c")}).save_to_disk(str(tmp_path / "dd"))
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--tokenizer-dir",
+                GPT2_TOKENIZER_DIR, "--epochs", "1", "--data-file", tmp_path / "dd", "--no-balance", "--out", out,
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    for split, part in (("train", frame.iloc[:60]), ("validation", frame.iloc[60:70]), ("test", frame.iloc[70:])):
+        written = pd.read_csv(out / f"{split}.csv", dtype=str, keep_default_na=False)
+        assert sorted(written["text"]) == sorted(part["text"]) and sorted(written["label"]) == sorted(part["label"])
+
+
+def test_stratified_split_keeps_every_class_share_in_each_split(sms_file):
+    from llmclf.data import load_data
+    from llmclf.options import FinetuneOptions, check_options
+    opts = dict(out="x", data_file=str(sms_file), balance=False)
+    plain = load_data(check_options(FinetuneOptions(**opts)))
+    strat = load_data(check_options(FinetuneOptions(**opts, stratify=True)))
+    share = 747 / 5572  # spam in the whole file
+    for split in ("train", "validation", "test"):
+        s = getattr(strat, split)
+        assert abs((s["label"] == "spam").sum() - share * len(s)) <= 1, split
+    assert abs((plain.validation["label"] == "spam").sum() - share * len(plain.validation)) > 1  # a shuffle drifts
+    assert [len(getattr(strat, s)) for s in ("train", "validation", "test")] == [3900, 557, 1115]
+    again = load_data(check_options(FinetuneOptions(**opts, stratify=True)))
+    assert list(again.test["text"]) == list(strat.test["text"])  # seeded
+
+
+def test_balanced_sampler_draws_every_class_equally_often():
+    from llmclf.data import balanced_weights
+    targets = [0] * 90 + [1] * 10
+    loader = BatchLoader(100, 10, lambda idx: [targets[i] for i in idx], shuffle=True, seed=3,
+                         weights=balanced_weights(targets))
+    drawn = [t for _ in range(20) for batch in loader for t in batch]
+    assert len(drawn) == 2000 and 0.45 < sum(drawn) / len(drawn) < 0.55  # 10% of the data, half of the batches
+    plain = BatchLoader(100, 10, lambda idx: [targets[i] for i in idx], shuffle=True, seed=3)
+    assert sum(t for batch in plain for t in batch) == 10  # a permutation: each example once
+

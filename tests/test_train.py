@@ -281,3 +281,18 @@ def test_frozen_pass_shows_tokens_done_and_rate_when_asked(capsys):
     err = capsys.readouterr().err
     assert "frozen pass" in err and "tok/s" in err
     assert all(torch.equal(a, b) for a, b in zip(quiet, shown))  # the bar changes nothing
+
+
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_balanced_sampler_draws_the_minority_half_the_time_cached_or_not(cache):
+    backbone = build_model(replace(MODELS["gpt2-tiny"].config, n_layers=2))
+    model = TextClassifier(backbone, 2, "mean", True)
+    set_trainable(model, "last_block")
+    data = FakeDataset(200, backbone.cfg.vocab_size, 4)
+    data.targets = [int(i % 10 == 0) for i in range(200)]  # 10% positive
+    for sampler, low, high in (("balanced", 0.4, 0.6), ("shuffle", 0.1, 0.1)):
+        loaders, info = make_loaders(model, {"train": data}, 8, "cpu", seed=5, cache=cache, sampler=sampler,
+                                     log=lambda *_: None)
+        assert info["cache"] is (cache == "auto")
+        drawn = [int(t) for _ in range(3) for batch in loaders["train"] for t in batch["labels"]]
+        assert len(drawn) == 600 and low <= sum(drawn) / len(drawn) <= high, sampler

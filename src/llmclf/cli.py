@@ -258,8 +258,8 @@ def read_texts(path: str, text_column: str | None) -> list[str]:
         lines = sys.stdin.read().splitlines()
         return [x for x in lines if x.strip()]
     p = Path(path)
-    if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".ndjson"):
-        df, _ = read_frame(p)
+    if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet") or p.is_dir():
+        df = read_frame(p)
         col = _find(df.columns, text_column, TEXT_COLUMNS, "text", p) or df.columns[0]
         return [str(x) for x in df[col].dropna() if str(x).strip()]
     return [x for x in _decode(p).splitlines() if x.strip()]

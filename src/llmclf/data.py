@@ -11,6 +11,7 @@ import copy
 import csv
 import hashlib
 import io
+import json
 import re
 import sys
 import warnings
@@ -48,7 +49,7 @@ def _decode(path: Path) -> str:
     if not path.exists():
         raise LlmclfError(f"{path}: no such file")
     if path.is_dir():
-        raise LlmclfError(f"{path}: is a directory, expected a data file")
+        raise LlmclfError(f"{path}: is a directory, expected a data file or a directory saved by datasets' save_to_disk")
     raw = path.read_bytes()
     if not raw.strip():
         raise LlmclfError(f"{path}: file is empty")
@@ -109,20 +110,74 @@ def _tsv_quoting(content: str, path: Path) -> int:
     return csv.QUOTE_NONE
 
 
-def read_frame(path: Path, header: int | None = 0) -> tuple[pd.DataFrame, str]:
-    """A CSV (.csv), JSON lines (.jsonl/.ndjson), JSON (.json) or TSV (anything else) file as a DataFrame with
-    every column it has (empty cells as NaN; row `header` as column names, None: no header), plus its decoded
-    text; or one clear error."""
+SELF_NAMED = (".jsonl", ".json", ".ndjson", ".parquet")  # formats whose columns carry their own names
+SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """Whether `path` is a directory `datasets.Dataset.save_to_disk` wrote (its state.json lists Arrow files)."""
+    return path.is_dir() and (path / "state.json").is_file()
+
+
+def saved_dataset_splits(path: Path) -> dict[str, Path]:
+    """The train/validation/test split directories of a `DatasetDict.save_to_disk` directory (its
+    dataset_dict.json names them; validation may be called valid, dev or val); {} for anything else."""
+    try:
+        names = json.loads((path / "dataset_dict.json").read_text())["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {split: path / name for split, aliases in SPLIT_NAMES.items() for name in names if name in aliases}
+
+
+def _read_saved_dataset(path: Path) -> pd.DataFrame:
+    """A saved `datasets` Dataset: its Arrow stream files in order; ClassLabel columns given their names (-1,
+    the `datasets` mark of a missing label, becomes NaN and is skipped as a row without a label)."""
+    import pyarrow as pa
+
+    try:
+        files = [path / f["filename"] for f in json.loads((path / "state.json").read_text())["_data_files"]]
+        table = pa.concat_tables(pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files)
+        info = json.loads((path / "dataset_info.json").read_text()) if (path / "dataset_info.json").is_file() else {}
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
+        raise LlmclfError(f"{path}: cannot read as a saved datasets directory ({str(e).splitlines()[0][:120]})") from None
+    df = table.to_pandas()
+    for name, feature in (info.get("features") or {}).items():
+        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and name in df:
+            names = dict(enumerate(feature.get("names") or []))
+            df[name] = df[name].map(names)
+    return df
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise LlmclfError(f"{path}: cannot parse as Parquet ({str(e).splitlines()[0][:120]})") from None
+
+
+def read_frame(path: Path, header: int | None = 0) -> pd.DataFrame:
+    """A CSV (.csv), JSON lines (.jsonl/.ndjson), JSON (.json), Parquet (.parquet), saved `datasets` directory
+    or TSV (anything else) as a DataFrame with every column it has (empty cells as NaN; for delimited text, row
+    `header` as column names, None: no header); or one clear error."""
     suffix = path.suffix.lower()
+    if is_saved_dataset(path):
+        return _read_saved_dataset(path)
+    if path.is_dir() and saved_dataset_splits(path):
+        raise LlmclfError(f"{path}: holds the splits {', '.join(p.name for p in saved_dataset_splits(path).values())}; "
+                          "pass it as --data-file (or --train-file) to use them, or name one split's directory")
+    if suffix == ".parquet" and path.is_file():
+        return _read_parquet(path)
     content = _decode(path)
     try:
         with _library_warnings_as_lines(path):
             if suffix in (".jsonl", ".json", ".ndjson"):
-                return pd.read_json(io.StringIO(content), lines=suffix != ".json", dtype=False), content
+                return pd.read_json(io.StringIO(content), lines=suffix != ".json", dtype=False)
             sep = "," if suffix == ".csv" else "\t"
             quoting = csv.QUOTE_MINIMAL if sep == "," else _tsv_quoting(content, path)
             return pd.read_csv(io.StringIO(content), sep=sep, header=header, dtype=str, quoting=quoting,
-                               keep_default_na=False, na_values=[""]), content
+                               keep_default_na=False, na_values=[""])
     except (ValueError, pd.errors.ParserError) as e:
         raise LlmclfError(f"{path}: cannot parse as {suffix or 'TSV'} ({str(e).splitlines()[0][:120]})") from None
 
@@ -221,8 +276,8 @@ def read_table(path, text_column: str | None = None, label_column: str | None = 
     headerless UCI SMSSpamCollection reads as label<TAB>text, 5,572 rows as in the book.
     """
     path = Path(path)
-    self_named = path.suffix.lower() in (".jsonl", ".json", ".ndjson")  # columns carry their names
-    df, _ = read_frame(path, header=0 if self_named else None)
+    self_named = path.suffix.lower() in SELF_NAMED or path.is_dir()  # columns carry their names
+    df = read_frame(path, header=0 if self_named else None)
     if not self_named and len(df):
         named = text_column is not None or label_column is not None
         df = _apply_header(df, named or len(df) < 2 or _has_header(df, path.suffix.lower() != ".csv"))
@@ -343,6 +398,28 @@ def random_split(df: pd.DataFrame, train_frac: float, validation_frac: float, se
     return df[:train_end], df[train_end:validation_end], df[validation_end:]
 
 
+def stratified_split(df: pd.DataFrame, train_frac: float, validation_frac: float, seed: int = 123):
+    """random_split with every class cut in the same proportions (scikit-learn's stratified train_test_split,
+    twice): a small class gets its share of each split instead of what a shuffle happens to leave it. The
+    splits have random_split's sizes."""
+    from sklearn.model_selection import train_test_split
+
+    n_train, n_val = int(len(df) * train_frac), int(len(df) * validation_frac)
+    n_test = len(df) - n_train - n_val
+    empty = df.iloc[:0]
+    try:
+        if n_val + n_test == 0:
+            return df.sample(frac=1, random_state=seed).reset_index(drop=True), empty, empty
+        train, rest = train_test_split(df, train_size=n_train, random_state=seed, stratify=df["label"])
+        if n_val == 0 or n_test == 0:
+            val, test = (empty, rest) if n_val == 0 else (rest, empty)
+        else:
+            val, test = train_test_split(rest, train_size=n_val, random_state=seed, stratify=rest["label"])
+    except ValueError as e:
+        raise LlmclfError(f"--stratify: cannot split every class in these proportions ({str(e).splitlines()[0]})") from None
+    return tuple(x.reset_index(drop=True) for x in (train, val, test))
+
+
 def label_names(df: pd.DataFrame) -> list[str]:
     """Sorted label names (integers sorted numerically); their index is the class id (ham=0, spam=1)."""
     names = list(df["label"].unique())
@@ -376,8 +453,9 @@ def _refuse_tiny_classes(counts: dict, need: int, source: str) -> None:
 
 
 def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7, 0.1), seed: int = 123,
-                 need_test: bool = True, balance_ratio: float = 1.0) -> PreparedData:
-    """Balance (if asked) and split at random; `need_test` False: the test split is the user's own file."""
+                 need_test: bool = True, balance_ratio: float = 1.0, stratify: bool = False) -> PreparedData:
+    """Balance (if asked) and split at random (`stratify`: per class); `need_test` False: the test split is the
+    user's own file."""
     counts = {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
     if len(counts) < 2:
         raise LlmclfError(f"{source}: need at least two classes, found {len(counts)} ({', '.join(counts)})")
@@ -388,7 +466,7 @@ def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7
     _refuse_tiny_classes(counts, 1 + need_test + (val_frac > 0), source)
     if balance:
         df = create_balanced_dataset(df, seed, balance_ratio)
-    train, val, test = random_split(df, train_frac, val_frac, seed)
+    train, val, test = (stratified_split if stratify else random_split)(df, train_frac, val_frac, seed)
     if len(train) < 2 or (need_test and len(test) < 1):
         raise LlmclfError(f"{source}: too few rows ({len(df)}) for a train/validation/test split")
     labels = label_names(df)
@@ -396,23 +474,37 @@ def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7
     return PreparedData(train, val, test, labels, source, counts)
 
 
+def data_files(opts) -> tuple[str | None, dict]:
+    """The training data's path (None: the built-in SMS set) and the given splits' paths: the user's files, and
+    for a saved DatasetDict named as the training data its splits (train trains; validation and test are used
+    as they are unless a file of the user's names that split; a split it lacks is carved from training)."""
+    path = opts.train_file or opts.data_file
+    given = {s: getattr(opts, f"{s}_file") for s in ("validation", "test") if getattr(opts, f"{s}_file")}
+    splits = saved_dataset_splits(Path(path)) if path else {}
+    if not splits:
+        return path, given
+    if "train" not in splits:
+        raise LlmclfError(f"{path}: no train split among {', '.join(p.name for p in splits.values())}; pass "
+                          "--train-file with one split's directory")
+    return str(splits["train"]), {**{s: str(d) for s, d in splits.items() if s != "train"}, **given}
+
+
 def load_data(opts):
     """The labelled data of a run's options (their data_file or train_file, or the built-in SMS set), balanced
     and split; a split the user gave as a file of its own (validation_file, test_file) is used as it is."""
-    path = opts.train_file or opts.data_file
+    path, given = data_files(opts)
     if path is None:
         df, source = load_sms_spam()
     else:
-        df, source = read_table(path, opts.text_column, opts.label_column), str(path)
-    given = {s: getattr(opts, f"{s}_file") for s in ("validation", "test") if getattr(opts, f"{s}_file")}
+        df, source = read_table(path, opts.text_column, opts.label_column), str(opts.train_file or opts.data_file)
     if not given:
         data = prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed,
-                            balance_ratio=opts.balance_ratio)
+                            balance_ratio=opts.balance_ratio, stratify=opts.stratify)
         data.read = {"data": df.attrs.get("read", {"rows": len(df)})}
         return data
     frames = {s: read_table(f, opts.text_column, opts.label_column) for s, f in given.items()}
     data = prepare_given_splits(df, frames, source, given, opts.balance, tuple(opts.split), opts.seed,
-                                opts.balance_ratio)
+                                opts.balance_ratio, opts.stratify)
     data.read = {"train": df.attrs.get("read", {}), **{s: f.attrs.get("read", {}) for s, f in frames.items()}}
     return data
 
@@ -445,14 +537,14 @@ def data_report(data: PreparedData, tokenizer, max_length: int, balanced: bool) 
 
 
 def prepare_given_splits(df: pd.DataFrame, frames: dict, source: str, files: dict, balance: bool, split,
-                         seed: int, balance_ratio: float = 1.0) -> PreparedData:
+                         seed: int, balance_ratio: float = 1.0, stratify: bool = False) -> PreparedData:
     """The training data balanced (if asked) and the splits without a file of their own carved from it, each
     by its own --split fraction (validation: the second, test: the rest); the given splits as they are."""
     train_frac, val_frac = split
     carve_val = 0.0 if "validation" in frames else val_frac
     carve_test = 0.0 if "test" in frames else 1.0 - train_frac - val_frac
     base = prepare_data(df, source, balance, (1.0 - carve_val - carve_test, carve_val), seed,
-                        need_test=carve_test > 0, balance_ratio=balance_ratio)
+                        need_test=carve_test > 0, balance_ratio=balance_ratio, stratify=stratify)
     carved = {"validation": base.validation, "test": base.test}
     for split_name, frame in frames.items():
         unknown = sorted(set(frame["label"]) - set(base.labels))
@@ -526,8 +618,9 @@ class BatchLoader:
     global batch, so N ranks together see exactly the batches one process would. See `shard`."""
 
     def __init__(self, n: int, batch_size: int, collate, shuffle=False, drop_last=False, seed=123,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, weights=None):
         self.n, self.batch_size, self.collate = n, batch_size, collate
+        self.weights = weights  # sampling weights: an epoch draws n examples with replacement (None: a permutation)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self.rank, self.world = rank, world
@@ -551,7 +644,11 @@ class BatchLoader:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def order(self):
-        return torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else list(range(self.n))
+        if not self.shuffle:
+            return list(range(self.n))
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, replacement=True, generator=self.generator).tolist()
+        return torch.randperm(self.n, generator=self.generator).tolist()
 
     def batches(self, order):
         for b in range(len(self)):
@@ -559,6 +656,13 @@ class BatchLoader:
 
     def __iter__(self):
         return self.batches(self.order())
+
+
+def balanced_weights(targets) -> torch.Tensor:
+    """Sampling weights 1 / (its class's count): batches drawn with them hold every class equally often."""
+    targets = torch.as_tensor(targets)
+    counts = torch.bincount(targets).double()
+    return 1.0 / counts[targets]
 
 
 def length_sorted_chunks(lengths, max_tokens: int = 8192, max_rows: int = 256):

@@ -590,7 +590,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         write_split(job, data, report)
         with job.amp():
             loaders, cache_info = make_loaders(model, datasets, opts.batch_size, job.device, seed=opts.seed,
-                                               cache=opts.cache, log=job.log, store=cache_store,
+                                               cache=opts.cache, log=job.log, store=cache_store, sampler=opts.sampler,
                                                progress=not opts.quiet and job.main and sys.stderr.isatty())
         n_params, n_trainable = count_parameters(model, False), count_parameters(model)
         parallel = wrap_for_parallelism(job, model)

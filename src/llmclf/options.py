@@ -52,6 +52,8 @@ class FinetuneOptions:
     balance: bool = opt(True, "undersample to the smallest class, as the book does", switch=True)
     balance_ratio: float = opt(1.0, "--balance: keep each class at most this many times the smallest (1: the "
                                "book's 1:1; 3: e.g. ham 3:1)")
+    stratify: bool = opt(False, "split each class in the --split proportions (scikit-learn's stratified split) "
+                         "instead of the book's shuffle-and-cut")
     split: tuple = opt((0.7, 0.1), "train and validation fractions; the rest is test", nargs=2,
                        metavar=("TRAIN", "VAL"))
     seed: int = opt(123, "seed of the split, the head's initialisation and the data order")
@@ -82,6 +84,9 @@ class FinetuneOptions:
     eval_freq: int = opt(50, "evaluate every N optimizer steps")
     eval_iter: int = opt(5, "batches per periodic evaluation")
     class_weights: bool = opt(False, "weight the loss by inverse class frequency")
+    sampler: str = opt("shuffle", "training batches: shuffle (every example once per epoch, as the book) | balanced "
+                       "(every class equally often: each epoch draws as many examples with replacement, weighted "
+                       "1 / class count; with --no-balance it keeps all the data and still sees the classes 1:1)")
     keep: str = opt("last", "the weights saved: last (after the last epoch, as the book) | best (the epoch with the "
                     "best --keep-metric on the whole validation split; history.csv marks it)")
     keep_metric: str = opt("macro_f1", "what --keep best and --patience judge an epoch by, on the whole validation "
@@ -157,7 +162,8 @@ def choices() -> dict:
     return {"weights": ("pretrained", "random"), "pooling": (*POOLINGS, "auto"), "trainable": TRAINABLE,
             "cache": ("auto", "on", "off"), "dtype": ("auto", "float32", "bfloat16"),
             "dataset": DATASETS, "recipe": tuple(RECIPES),
-            "blend": BLENDS, "schedule": SCHEDULES, "keep": ("last", "best"), "keep_metric": KEEP_METRICS}
+            "blend": BLENDS, "schedule": SCHEDULES, "sampler": ("shuffle", "balanced"), "keep": ("last", "best"),
+            "keep_metric": KEEP_METRICS}
 
 
 def flag(key: str) -> str:
@@ -203,7 +209,7 @@ def coerce(key: str, value, name: str):
 
 
 DATA_KEYS = ("dataset", "data_file", "train_file", "validation_file", "test_file", "text_column", "label_column",
-             "balance", "balance_ratio", "split", "seed")
+             "balance", "balance_ratio", "stratify", "split", "seed")
 MODEL_KEYS = ("model", "weights", "tokenizer_dir")
 
 

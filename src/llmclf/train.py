@@ -32,7 +32,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from . import distributed
 from .blend import macro_f1
-from .data import BatchLoader, distinct_sequences, length_sorted_chunks, pack_prefix_trees, pad_batch
+from .data import BatchLoader, balanced_weights, distinct_sequences, length_sorted_chunks, pack_prefix_trees, pad_batch
 from .errors import LlmclfError
 from .parallel import map_batches
 from .metrics import calc_accuracy_loader, calc_loss_batch, calc_loss_loader, predict_loader
@@ -41,7 +41,8 @@ from .models.common import Attend
 
 # ---------------------------------------------------------------- batches
 
-def token_loader(dataset, batch_size, device, *, shuffle=False, drop_last=False, seed=123, fixed_length=None):
+def token_loader(dataset, batch_size, device, *, shuffle=False, drop_last=False, seed=123, fixed_length=None,
+                 weights=None):
     """Batches of padded token ids (pads to the batch's longest text, or to fixed_length in "last" mode)."""
     targets = torch.tensor(dataset.targets)
 
@@ -50,7 +51,7 @@ def token_loader(dataset, batch_size, device, *, shuffle=False, drop_last=False,
         return {"input_ids": ids.to(device), "lengths": lengths.to(device), "labels": targets[idx].to(device)}
 
     loader = BatchLoader(len(dataset), batch_size, collate, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                         rank=distributed.rank(), world=distributed.world())
+                         rank=distributed.rank(), world=distributed.world(), weights=weights)
     loader.targets = targets
     return loader
 
@@ -210,7 +211,7 @@ class PrefixCacheStore:
             self._entries.popitem(last=False)
 
 
-def cached_loader(cache, targets, start, batch_size, device, *, shuffle=False, drop_last=False, seed=123):
+def cached_loader(cache, targets, start, batch_size, device, *, shuffle=False, drop_last=False, seed=123, weights=None):
     targets = torch.tensor(targets)
 
     def collate(idx):
@@ -222,14 +223,15 @@ def cached_loader(cache, targets, start, batch_size, device, *, shuffle=False, d
         return {"hidden": hidden, "lengths": lengths, "start": start, "labels": targets[idx].to(device)}
 
     loader = BatchLoader(len(cache), batch_size, collate, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                         rank=distributed.rank(), world=distributed.world())
+                         rank=distributed.rank(), world=distributed.world(), weights=weights)
     loader.targets = targets
     return loader
 
 
 def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, cache="auto", log=print,
-                 store: PrefixCacheStore | None = None, progress: bool = False):
-    """Train/validation/test loaders; cached when `cache` is "on", or "auto" and the cache is exact.
+                 store: PrefixCacheStore | None = None, progress: bool = False, sampler: str = "shuffle"):
+    """Train/validation/test loaders; cached when `cache` is "on", or "auto" and the cache is exact; `sampler`
+    "balanced" draws the training batches class-balanced (`balanced_weights`).
     Returns (loaders, info) where info says whether the cache is used, from which block, and its time.
     With a `store`, a cache an earlier run computed for the same frozen weights and texts is reused."""
     fixed = datasets["train"].max_length if model.pooling == "last" else None
@@ -254,7 +256,9 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
                 store.put(key, states)
     offset = 0
     for name, ds in datasets.items():
-        kw = dict(shuffle=name == "train", drop_last=name == "train", seed=seed)
+        balanced = name == "train" and sampler == "balanced"
+        kw = dict(shuffle=name == "train", drop_last=name == "train", seed=seed,
+                  weights=balanced_weights(ds.targets) if balanced else None)
         if use_cache:
             mine, offset = states[offset:offset + len(ds)], offset + len(ds)
             loaders[name] = cached_loader(mine, ds.targets, start, batch_size, device, **kw)
