@@ -320,6 +320,20 @@ def test_a_saved_dataset_dict_gives_its_splits_and_a_missing_one_is_carved(tmp_p
         read_table(tmp_path / "dd")
 
 
+def test_an_unlabelled_split_of_a_saved_dataset_dict_is_carved_from_training(tmp_path, sms_file, capsys):
+    from datasets import ClassLabel, Dataset, DatasetDict
+    from llmclf.data import load_data
+    from llmclf.options import FinetuneOptions, check_options
+    frame = _sms_frame(sms_file, 50, 50).sample(frac=1, random_state=1)
+    hidden = Dataset.from_dict({"sms": ["a text", "another"], "label": [-1, -1]}).cast_column(
+        "label", ClassLabel(names=["ham", "spam"]))  # how GLUE ships its test splits
+    DatasetDict({"train": _save_dataset(frame, tmp_path / "t"), "test": hidden}).save_to_disk(str(tmp_path / "dd"))
+    data = load_data(check_options(FinetuneOptions(out="x", data_file=str(tmp_path / "dd"), balance=False)))
+    assert (len(data.train), len(data.validation), len(data.test)) == (70, 10, 20)
+    assert sorted(pd.concat([data.train, data.validation, data.test])["text"]) == sorted(frame["text"])
+    assert "every label is missing (-1); the test split is carved from training instead" in capsys.readouterr().err
+
+
 def test_train_command_reads_a_saved_dataset_dict(tmp_path, sms_file):
     from datasets import DatasetDict
     from conftest import GPT2_TOKENIZER_DIR, run_cli

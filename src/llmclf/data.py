@@ -486,7 +486,18 @@ def data_files(opts) -> tuple[str | None, dict]:
     if "train" not in splits:
         raise LlmclfError(f"{path}: no train split among {', '.join(p.name for p in splits.values())}; pass "
                           "--train-file with one split's directory")
-    return str(splits["train"]), {**{s: str(d) for s, d in splits.items() if s != "train"}, **given}
+    unlabelled = [s for s, d in splits.items() if s != "train" and s not in given and _unlabelled(d)]
+    for s in unlabelled:  # e.g. GLUE's test splits: labels withheld, every one -1
+        warn(f"{splits[s]}: every label is missing (-1); the {s} split is carved from training instead")
+    return str(splits["train"]), {**{s: str(d) for s, d in splits.items() if s not in ("train", *unlabelled)}, **given}
+
+
+def _unlabelled(split_dir: Path) -> bool:
+    """Whether a saved split's ClassLabel columns hold only -1 (no labels, as in GLUE's test splits)."""
+    df = _read_saved_dataset(split_dir)
+    info = json.loads((split_dir / "dataset_info.json").read_text()) if (split_dir / "dataset_info.json").is_file() else {}
+    labels = [n for n, f in (info.get("features") or {}).items() if isinstance(f, dict) and f.get("_type") == "ClassLabel"]
+    return bool(labels) and all(df[n].isna().all() for n in labels if n in df)
 
 
 def load_data(opts):
