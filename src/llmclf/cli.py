@@ -253,12 +253,12 @@ def read_texts(path: str, text_column: str | None) -> list[str]:
     """Texts from a file: CSV/TSV/JSONL with a text column, or plain lines (TXT or '-' for stdin)."""
     from pathlib import Path
 
-    from .data import TEXT_COLUMNS, _decode, _find, read_frame
+    from .data import SELF_NAMED, TEXT_COLUMNS, _decode, _find, read_frame
     if path == "-":
         lines = sys.stdin.read().splitlines()
         return [x for x in lines if x.strip()]
     p = Path(path)
-    if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet") or p.is_dir():
+    if p.suffix.lower() in (".csv", ".tsv", *SELF_NAMED) or p.is_dir():
         df = read_frame(p)
         col = _find(df.columns, text_column, TEXT_COLUMNS, "text", p) or df.columns[0]
         return [str(x) for x in df[col].dropna() if str(x).strip()]

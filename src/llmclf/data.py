@@ -129,9 +129,9 @@ def saved_dataset_splits(path: Path) -> dict[str, Path]:
     return {split: path / name for split, aliases in SPLIT_NAMES.items() for name in names if name in aliases}
 
 
-def _read_saved_dataset(path: Path) -> pd.DataFrame:
-    """A saved `datasets` Dataset: its Arrow stream files in order; ClassLabel columns given their names (-1,
-    the `datasets` mark of a missing label, becomes NaN and is skipped as a row without a label)."""
+def _saved_table(path: Path):
+    """A saved `datasets` Dataset as one Arrow table (its stream files in the order state.json lists them,
+    memory-mapped) and the label names of each of its ClassLabel columns (from dataset_info.json)."""
     import pyarrow as pa
 
     try:
@@ -140,11 +140,18 @@ def _read_saved_dataset(path: Path) -> pd.DataFrame:
         info = json.loads((path / "dataset_info.json").read_text()) if (path / "dataset_info.json").is_file() else {}
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
         raise LlmclfError(f"{path}: cannot read as a saved datasets directory ({str(e).splitlines()[0][:120]})") from None
+    class_labels = {name: list(f.get("names") or []) for name, f in (info.get("features") or {}).items()
+                    if isinstance(f, dict) and f.get("_type") == "ClassLabel" and name in table.column_names}
+    return table, class_labels
+
+
+def _read_saved_dataset(path: Path) -> pd.DataFrame:
+    """A saved `datasets` Dataset with its ClassLabel columns given their names (-1, the `datasets` mark of a
+    missing label, becomes NaN and is skipped as a row without a label)."""
+    table, class_labels = _saved_table(path)
     df = table.to_pandas()
-    for name, feature in (info.get("features") or {}).items():
-        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and name in df:
-            names = dict(enumerate(feature.get("names") or []))
-            df[name] = df[name].map(names)
+    for name, names in class_labels.items():
+        df[name] = df[name].map(dict(enumerate(names)))
     return df
 
 
@@ -164,8 +171,9 @@ def read_frame(path: Path, header: int | None = 0) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if is_saved_dataset(path):
         return _read_saved_dataset(path)
-    if path.is_dir() and saved_dataset_splits(path):
-        raise LlmclfError(f"{path}: holds the splits {', '.join(p.name for p in saved_dataset_splits(path).values())}; "
+    splits = saved_dataset_splits(path) if path.is_dir() else {}
+    if splits:
+        raise LlmclfError(f"{path}: holds the splits {', '.join(p.name for p in splits.values())}; "
                           "pass it as --data-file (or --train-file) to use them, or name one split's directory")
     if suffix == ".parquet" and path.is_file():
         return _read_parquet(path)
@@ -493,11 +501,12 @@ def data_files(opts) -> tuple[str | None, dict]:
 
 
 def _unlabelled(split_dir: Path) -> bool:
-    """Whether a saved split's ClassLabel columns hold only -1 (no labels, as in GLUE's test splits)."""
-    df = _read_saved_dataset(split_dir)
-    info = json.loads((split_dir / "dataset_info.json").read_text()) if (split_dir / "dataset_info.json").is_file() else {}
-    labels = [n for n, f in (info.get("features") or {}).items() if isinstance(f, dict) and f.get("_type") == "ClassLabel"]
-    return bool(labels) and all(df[n].isna().all() for n in labels if n in df)
+    """Whether a saved split's ClassLabel columns hold only -1 (no labels, as in GLUE's test splits); read from
+    the memory-mapped Arrow columns, no DataFrame built."""
+    import pyarrow.compute as pc
+
+    table, class_labels = _saved_table(split_dir)
+    return bool(class_labels) and all(pc.all(pc.equal(table[name], -1)).as_py() for name in class_labels)
 
 
 def load_data(opts):
