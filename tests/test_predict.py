@@ -75,6 +75,11 @@ def test_predict_input_file_json_and_stdin(tiny_run, tmp_path):
     assert all(abs(sum(x["probabilities"].values()) - 1) < 1e-4 for x in rows)
     r2 = run_cli("predict", tiny_run, "--input", "-", input="hello, there\nFREE entry win cash\n")
     assert [x.split("\t")[0] for x in r2.stdout.strip().split("\n")] == [x["label"] for x in rows]
+    import pandas as pd
+    pd.DataFrame({"id": [1, 2], "message": ["hello, there", "FREE entry win cash"]}).to_parquet(tmp_path / "in.parquet")
+    r3 = run_cli("predict", tiny_run, "--input", tmp_path / "in.parquet", "--json")
+    assert r3.returncode == 0, r3.stderr
+    assert [json.loads(x) for x in r3.stdout.strip().split("\n")] == rows  # the text column found by its name
 
 
 def test_evaluate_reads_a_labelled_file(tiny_run):
