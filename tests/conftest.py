@@ -82,3 +82,30 @@ def decision_run(tmp_path_factory, sms_file):
         out, "--model", "gpt2-tiny", "--pooling", "mean", "--weights", "random", "--epochs", "1", "--tokenizer-dir",
         GPT2_TOKENIZER_DIR, "--data-file", sms_file, "--operating-point", "max_fpr=0.005",
         env={"OMP_NUM_THREADS": "1"}))
+
+
+def sms_pairs(folder: Path, n: int = 100) -> Path:
+    """A pair task on real SMS texts (columns first, second, label): are the two messages of the same class (both
+    spam or both ham)? Only a classifier that reads both texts can answer it."""
+    import pandas as pd
+    df = pd.read_csv(SMS_FILE, sep="\t", header=None, names=["label", "text"], quoting=3)
+    by = {k: df[df.label == k]["text"].tolist()[:n] for k in ("spam", "ham")}
+    rows = []
+    for i in range(2 * n):
+        first = by["spam" if i % 2 else "ham"][i // 2]
+        second = by["spam" if (i // 2) % 2 else "ham"][(7 * i + 3) % n]
+        rows.append({"first": first, "second": second, "label": "same" if i % 2 == (i // 2) % 2 else "different"})
+    path = folder / "pairs.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pair_run(tmp_path_factory, sms_file):
+    """A gpt2-tiny pair classifier (--text-pair-column), 1 epoch, last-token pooling, no blend."""
+    def build(out):
+        data = sms_pairs(out.parent)
+        _train(out, "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--data-file", data,
+               "--text-column", "first", "--text-pair-column", "second", "--pooling", "last_nonpad", "--blend", "off",
+               "--tokenizer-dir", GPT2_TOKENIZER_DIR)
+    return built_once(tmp_path_factory, "pairs", "run", build)

@@ -377,3 +377,33 @@ def test_balanced_sampler_draws_every_class_equally_often():
     plain = BatchLoader(100, 10, lambda idx: [targets[i] for i in idx], shuffle=True, seed=3)
     assert sum(t for batch in plain for t in batch) == 10  # a permutation: each example once
 
+
+
+def test_a_pair_column_joins_two_texts_and_a_row_missing_either_is_skipped(tmp_path, capsys):
+    from llmclf.tokenizer import join_pair
+
+    df = pd.DataFrame({"premise": ["A man plays.", "A dog runs.", None, "Rain.", "Sun."],
+                       "hypothesis": ["Someone plays.", " ", "x", "It rains.", "Night."],
+                       "label": ["entailment", "neutral", "neutral", "entailment", "contradiction"]})
+    df.to_parquet(tmp_path / "nli.parquet")
+    out = read_table(tmp_path / "nli.parquet", text_column="premise", text_pair_column="hypothesis")
+    assert out["text"].tolist() == [join_pair("A man plays.", "Someone plays."), join_pair("Rain.", "It rains."),
+                                    join_pair("Sun.", "Night.")]
+    assert out.attrs["read"]["columns"] == {"text": "premise", "text_pair": "hypothesis", "label": "label"}
+    assert out.attrs["read"]["skipped"]["empty text"] == 2
+    assert "pair column 'hypothesis'" in capsys.readouterr().err
+    with pytest.raises(LlmclfError, match="no text pair column 'second'"):
+        read_table(tmp_path / "nli.parquet", text_column="premise", text_pair_column="second")
+    with pytest.raises(LlmclfError, match="is the text column"):
+        read_table(tmp_path / "nli.parquet", text_column="premise", text_pair_column="premise")
+
+
+def test_pair_training_writes_both_texts_into_the_split_files_and_the_report(pair_run):
+    from llmclf.data import unpair_frame
+
+    test = pd.read_csv(pair_run / "test.csv", dtype=str, keep_default_na=False)
+    assert list(test.columns) == ["text", "text_pair", "label"] and (test["text_pair"] != "").all()
+    assert "\x1f" not in "".join(test["text"]) + "".join(test["text_pair"])
+    report = json.loads((pair_run / "data.json").read_text())
+    assert report["read"]["data"]["columns"] == {"text": "first", "text_pair": "second", "label": "label"}
+    assert unpair_frame(pd.DataFrame({"text": ["a\x1fb"], "label": ["x"]}), pair=False)["text"][0] == "a\x1fb"

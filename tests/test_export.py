@@ -61,3 +61,14 @@ def test_what_the_format_cannot_hold_is_refused_and_nothing_is_written(tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert f"pooling {pooling}: transformers reads the last real token" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_pair_classifier_is_refused_by_the_hf_format_and_its_onnx_card_says_how_pairs_join(pair_run, tmp_path):
+    import json
+
+    r = run_cli("export", pair_run, "--out", tmp_path / "hf")
+    assert r.returncode == 2 and "a text-pair classifier" in r.stderr and not (tmp_path / "hf").exists()
+    r = run_cli("export", pair_run, "--format", "onnx", "--out", tmp_path / "onnx")
+    assert r.returncode == 0, r.stderr
+    card = json.loads((tmp_path / "onnx" / "classifier.json").read_text())
+    assert card["text_pairs"]["separator_id"] == 50256

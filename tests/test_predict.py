@@ -112,3 +112,39 @@ def test_errors_csv_lists_the_misclassified_test_texts_most_confident_first(tiny
     for t, p in zip(errors["text"], errors["probability"]):
         assert abs(by_text[t] - p) < 1e-5
     assert ((errors["label_probability"] < errors["probability"]) | (errors["probability"] == 0.5)).all()
+
+
+def test_a_pair_classifier_reads_both_texts_from_files_tabs_and_the_library(pair_run, tmp_path):
+    import pandas as pd
+
+    from llmclf.tokenizer import join_pair
+
+    clf = load_classifier(pair_run, device="cpu")
+    test = pd.read_csv(pair_run / "test.csv", dtype=str, keep_default_na=False)
+    ref = predict_texts(clf, [join_pair(a, b) for a, b in zip(test["text"], test["text_pair"])])
+    swapped = predict_texts(clf, [join_pair(b, a) for a, b in zip(test["text"], test["text_pair"])])
+    assert not torch.allclose(ref, swapped, atol=1e-4)  # the two texts are read as a pair, in order
+    r = run_cli("predict", pair_run, "--input", pair_run / "test.csv", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["text"], x["text_pair"]) for x in rows] == list(zip(test["text"], test["text_pair"]))
+    got = torch.tensor([[x["probabilities"][lab] for lab in clf.labels] for x in rows])
+    assert torch.allclose(got, ref, atol=1e-5)
+    # the columns it was trained on (first, second) are found by name in a file of the user's
+    test.rename(columns={"text": "first", "text_pair": "second"}).head(3).to_parquet(tmp_path / "mine.parquet")
+    lines = [f"{a}\t{b}" for a, b in zip(test["text"][:3], test["text_pair"][:3])]
+    for args in (["--input", tmp_path / "mine.parquet"], lines):
+        r = run_cli("predict", pair_run, *args)
+        assert r.returncode == 0, r.stderr
+        assert [float(x.split("\t")[1]) for x in r.stdout.splitlines()] == pytest.approx(
+            ref[:3].max(1).values.tolist(), abs=1e-4)
+    r = run_cli("predict", pair_run, "just one text")
+    assert r.returncode == 2 and "has no tab" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluate_a_pair_classifier_on_its_test_split_gives_the_run_s_test_metrics(pair_run):
+    r = run_cli("evaluate", pair_run, "--data-file", pair_run / "test.csv")
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((pair_run / "metrics.json").read_text())["test"]
+    assert json.loads(r.stdout)["accuracy"] == pytest.approx(saved["accuracy"])
+    assert json.loads(r.stdout)["macro_f1"] == pytest.approx(saved["macro_f1"])

@@ -371,3 +371,26 @@ def test_cli_serve_missing_run_is_a_one_line_error(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().startswith("llmclf: error:") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_pair_classifier_takes_text_pairs_and_a_single_text_one_refuses_them(pair_run, client):
+    from llmclf.tokenizer import join_pair
+
+    clf = load_classifier(pair_run, device="cpu")
+    test = pd.read_csv(pair_run / "test.csv", dtype=str, keep_default_na=False).head(5)
+    with TestClient(create_app(clf)) as pairs:
+        assert pairs.get("/v1/model").json()["text_pairs"] is True
+        r = pairs.post("/v1/classify", json={"texts": list(test["text"]), "text_pairs": list(test["text_pair"])})
+        assert r.status_code == 200, r.text
+        check_results(r.json()["results"], [join_pair(a, b) for a, b in zip(test["text"], test["text_pair"])], clf)
+        expect_error(pairs.post("/v1/classify", json={"texts": ["a"]}), 422, "invalid_request")
+        msg = expect_error(pairs.post("/v1/classify", json={"texts": ["a", "b"], "text_pairs": ["c"]}), 422,
+                           "invalid_request")
+        assert '"text_pairs" has 1 texts, "texts" 2' in msg
+        too_long = {"texts": ["a"], "text_pairs": ["x" * 10001]}
+        assert "text_pairs.0 has 10001" in expect_error(pairs.post("/v1/classify", json=too_long), 413, "text_too_long")
+        schema = pairs.get("/openapi.json").json()["paths"]["/v1/classify"]["post"]["requestBody"]
+        props = schema["content"]["application/json"]["schema"]["properties"]
+        assert props["text_pairs"]["maxItems"] == 64 and props["text_pairs"]["items"]["maxLength"] == 10000
+    assert client.get("/v1/model").json()["text_pairs"] is False
+    expect_error(client.post("/v1/classify", json={"texts": ["a"], "text_pairs": ["b"]}), 422, "invalid_request")

@@ -56,7 +56,7 @@ def test_type_classify_see_label_and_bars(page, tmp_path):
     assert sorted(lbl for lbl, _ in rows) == ["ham", "spam"]
     assert abs(sum(w for _, w in rows) - 100) < 0.5 and rows[0][0] == label  # sorted: the winner first
     assert page.get_attribute("#result", "aria-live") == "polite"
-    assert page.is_hidden("#error")
+    assert page.is_hidden("#error") and page.is_hidden("#text-pair")  # one text per message: no pair box
     shot = tmp_path / "page.png"
     page.screenshot(path=str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
@@ -102,3 +102,24 @@ def test_api_docs_render_offline(browser, server_url):
     assert "Unable to render" not in text
     assert elsewhere == []
     page.close()
+
+
+def test_a_pair_classifier_s_page_asks_for_both_texts(pair_run, browser, tmp_path):
+    import httpx
+
+    with shots.serve_subprocess(pair_run, log_path=tmp_path / "serve.log") as url:
+        page = browser.new_page(viewport=shots.VIEWPORT)
+        page.goto(url)
+        page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model')")
+        assert page.is_visible("#text-pair")
+        first, second = "Free entry to win a prize, text WIN now", "Are we still on for lunch?"
+        page.fill("#text-pair", second)
+        label = shots.classify_on_page(page, first)
+        api = httpx.post(url + "/v1/classify", json={"texts": [first], "text_pairs": [second]}).json()["results"][0]
+        shown = dict(bars(page))
+        assert label == api["label"] and shown[label] == pytest.approx(100 * api["probability"], abs=0.1)
+        page.fill("#batch", f"{first}\t{second}\n{second}\t{first}")
+        page.click("#classify-batch")
+        page.wait_for_selector("#batch-table tbody tr:nth-child(2)")
+        assert page.inner_text("#batch-status").startswith("2 classified")
+        page.close()

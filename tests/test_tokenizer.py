@@ -30,3 +30,26 @@ def test_append_eos_keeps_room_for_the_end_token_and_survives_saving(tmp_path):
     cfg = tok.save(tmp_path)
     again = load_saved_tokenizer(tmp_path, cfg)
     assert again.append_eos and again.encode_batch(["a b"])[0][-1] == 50256
+
+
+def test_text_pairs_are_joined_by_the_end_token_and_cut_longest_first(tmp_path):
+    from llmclf.tokenizer import cut_pair, join_pair
+
+    tok = GPT2Tokenizer(GPT2_TOKENIZER_DIR)
+    a, b = tok.encode("one two three four five six seven eight"), tok.encode("nine ten")
+    tok.pair = True
+    pair = join_pair("one two three four five six seven eight", "nine ten")
+    assert tok.encode_batch([pair])[0] == a + [50256] + b
+    # 6 tokens: one for the separator, the short second text whole (2), the long first cut to the rest (3)
+    assert tok.encode_batch([pair], max_length=6)[0] == a[:3] + [50256] + b
+    assert cut_pair(list(range(10)), list(range(9)), 7) == (list(range(4)), list(range(3)))  # both long: halves
+    assert cut_pair([1], list(range(9)), 4) == ([1], [0, 1, 2])
+    assert cut_pair([1, 2], [3], None) == ([1, 2], [3])
+    tok.append_eos = True  # room for both the separator and the end token
+    assert tok.encode_batch([pair], max_length=6)[0] == a[:2] + [50256] + b + [50256]
+    assert tok.encode_batch([pair], max_length=1)[0] == [50256]
+    assert join_pair("x\x1fy", "z") == "x y\x1fz"  # a separator inside a text never splits it again
+    again = load_saved_tokenizer(tmp_path, tok.save(tmp_path))
+    assert again.pair and again.encode_batch([pair], max_length=6) == tok.encode_batch([pair], max_length=6)
+    tok.pair = False  # a single-text classifier reads the separator as text
+    assert tok.encode_batch([pair])[0] != a + [50256] + b

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 from .errors import LlmclfError
 
@@ -85,6 +86,10 @@ BACKEND_HELP = ("onnx: run the classifier's ONNX graph with onnxruntime on the C
                 "use; pip install 'llmclf[onnx]')")
 
 
+PAIR_HELP = ("a pair classifier's second text column (default: the one it was trained on, else text_pair, as in "
+             "the run's split files)")
+
+
 def _add_use_parsers(sub) -> None:
     """evaluate, predict, generate: using a classifier or a backbone."""
     from .options import MODEL_KEYS
@@ -93,6 +98,7 @@ def _add_use_parsers(sub) -> None:
     p.add_argument("--data-file", required=True)
     p.add_argument("--text-column")
     p.add_argument("--label-column")
+    p.add_argument("--text-pair-column", help=PAIR_HELP)
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
@@ -100,8 +106,10 @@ def _add_use_parsers(sub) -> None:
     p = sub.add_parser("predict", help="classify texts with a saved classifier")
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--input", help="CSV/TSV/JSONL/TXT file of texts, or - for stdin (one text per line)")
+    p.add_argument("--input", help="CSV/TSV/JSONL/Parquet file of texts, a saved datasets directory, or a TXT file "
+                   "or - for stdin (one text per line; for a pair classifier FIRST<TAB>SECOND)")
     p.add_argument("--text-column")
+    p.add_argument("--text-pair-column", help=PAIR_HELP)
     p.add_argument("--json", action="store_true", help="print JSON lines with every class probability")
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default="auto")
@@ -225,14 +233,17 @@ def print_decision(metrics: dict) -> None:
 
 
 def cmd_evaluate(a) -> int:
-    from .data import read_table
+    from .data import read_frame, read_table
     from .decision import calibration_scores, rates
     from .metrics import classification_metrics
     from .predict import load_classifier, predict_texts
     import torch
 
     clf = load_classifier(a.run_dir, a.device, a.backend)
-    df = read_table(a.data_file, a.text_column, a.label_column)
+    pair = saved_pair(clf, a)
+    columns = (a.text_column, None) if pair is None else pair_columns(read_frame(Path(a.data_file)).columns,
+                                                                        a.text_column, pair, a.data_file)
+    df = read_table(a.data_file, columns[0], a.label_column, columns[1])
     index = {name: i for i, name in enumerate(clf.labels)}
     unknown = sorted(set(df["label"]) - set(index))
     if unknown:
@@ -249,51 +260,108 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
-def read_texts(path: str, text_column: str | None) -> list[str]:
-    """Texts from a file: CSV/TSV/JSONL with a text column, or plain lines (TXT or '-' for stdin)."""
-    from pathlib import Path
-
-    from .data import SELF_NAMED, TEXT_COLUMNS, _decode, _find, read_frame
+def read_texts(path: str, text_column: str | None, pair: dict | None = None) -> list[str]:
+    """Texts from a file: CSV/TSV/JSONL with a text column, or plain lines (TXT or '-' for stdin). For a pair
+    classifier (`pair`: the column names it was trained on), tables give both columns, joined."""
+    from .data import TEXT_COLUMNS, _decode, _find, read_frame
     if path == "-":
-        lines = sys.stdin.read().splitlines()
-        return [x for x in lines if x.strip()]
+        return [x for x in sys.stdin.read().splitlines() if x.strip()]
     p = Path(path)
-    if p.suffix.lower() in (".csv", ".tsv", *SELF_NAMED) or p.is_dir():
+    if is_table(path):
         df = read_frame(p)
+        if pair is not None:
+            return _joined_pairs(df, *pair_columns(df.columns, text_column, pair, p))
         col = _find(df.columns, text_column, TEXT_COLUMNS, "text", p) or df.columns[0]
         return [str(x) for x in df[col].dropna() if str(x).strip()]
     return [x for x in _decode(p).splitlines() if x.strip()]
+
+
+def is_table(path: str) -> bool:
+    """Whether predict --input is a table with named columns (else lines of text)."""
+    from .data import SELF_NAMED
+    return path != "-" and (Path(path).suffix.lower() in (".csv", ".tsv", *SELF_NAMED) or Path(path).is_dir())
+
+
+def pair_columns(columns, text_column, pair: dict, path) -> tuple:
+    """(first, second) text columns of a pair classifier's input: the flags' names, else the names it was
+    trained on, else text and text_pair (what the run's split files hold)."""
+    from .data import TEXT_COLUMNS, _find
+
+    def pick(flag, saved, fallback):
+        return flag if flag is not None else saved if saved in columns or fallback not in columns else fallback
+
+    first = pick(text_column, pair.get("text_column"), "text")
+    second = pick(pair.get("flag"), pair.get("text_pair_column"), "text_pair")
+    return (_find(columns, first, TEXT_COLUMNS, "text", path) or columns[0],
+            _find(columns, second, [], "text pair", path))
+
+
+def _joined_pairs(df, col, pcol) -> list[str]:
+    """Each row's two texts joined (rows where both are missing or blank are skipped, as blank lines are)."""
+    from .tokenizer import PAIR_SEP, join_pair
+
+    pairs = [join_pair("" if a != a else str(a), "" if b != b else str(b)) for a, b in zip(df[col], df[pcol])]
+    return [t for t in pairs if t.replace(PAIR_SEP, "").strip()]
+
+
+def tab_pairs(texts: list[str]) -> list[str]:
+    """Texts given on the command line or as lines, for a pair classifier: 'first<TAB>second' each."""
+    from .tokenizer import join_pair
+
+    for i, t in enumerate(texts):
+        if "\t" not in t:
+            raise LlmclfError(f"text {i + 1} ({t[:40]!r}) has no tab: this classifier reads text pairs, give each "
+                              "as FIRST<TAB>SECOND (or --input FILE with both columns)")
+    return [join_pair(*t.split("\t", 1)) for t in texts]
+
+
+def saved_pair(clf, a) -> dict | None:
+    """A pair classifier's column names (trained on, and --text-pair-column); None for single texts."""
+    if not clf.tokenizer.pair:
+        return None
+    return {**clf.config.get("text_pair", {}), "flag": a.text_pair_column}
 
 
 def cmd_predict(a) -> int:
     from . import distributed
     from .predict import load_classifier, predicted_classes, predict_texts_distributed
 
-    def gather_texts():
-        texts = list(a.texts)
-        if a.input:
-            texts += read_texts(a.input, a.text_column)
-        if not texts:
-            raise LlmclfError("nothing to classify: pass texts or --input FILE")
-        return texts
-
+    if not a.texts and not a.input:
+        raise LlmclfError("nothing to classify: pass texts or --input FILE")
     # Under torchrun rank 0 reads the texts (stdin included) and shares them; each rank classifies a
     # contiguous shard; rank 0 prints every result once, in input order.
     distributed.init()
-    texts = distributed.from_main(gather_texts)
     device = distributed.agree(lambda: distributed.device(a.device))
     clf = distributed.agree(lambda: load_classifier(a.run_dir, device, a.backend))
+    texts = distributed.from_main(lambda: gather_texts(a, clf))
     probs = predict_texts_distributed(clf, texts, a.batch_size,
                                       progress=bool(a.input) and sys.stderr.isatty() and distributed.is_main())
-    if not distributed.is_main():
-        return 0
-    for text, p, i in zip(texts, probs, predicted_classes(clf, probs)):
-        if a.json:
-            print(json.dumps({"text": text, "label": clf.labels[i], "probability": float(p[i]),
+    if distributed.is_main():
+        print_predictions(clf, texts, probs, predicted_classes(clf, probs), a.json)
+    return 0
+
+
+def gather_texts(a, clf) -> list[str]:
+    """predict's texts: the command line's, then --input's; for a pair classifier each holds its two texts."""
+    pair = saved_pair(clf, a)
+    table = bool(a.input) and is_table(a.input)
+    given = list(a.texts) + (read_texts(a.input, a.text_column) if a.input and not table else [])
+    texts = (tab_pairs(given) if pair else given) + (read_texts(a.input, a.text_column, pair) if table else [])
+    if not texts:
+        raise LlmclfError(f"nothing to classify: {a.input} holds no texts")
+    return texts
+
+
+def print_predictions(clf, texts, probs, classes, as_json: bool) -> None:
+    from .tokenizer import split_pair
+
+    for text, p, i in zip(texts, probs, classes):
+        if as_json:
+            shown = dict(zip(("text", "text_pair"), split_pair(text))) if clf.tokenizer.pair else {"text": text}
+            print(json.dumps({**shown, "label": clf.labels[i], "probability": float(p[i]),
                               "probabilities": {lab: float(q) for lab, q in zip(clf.labels, p)}}, ensure_ascii=False))
         else:
             print(f"{clf.labels[i]}\t{float(p[i]):.4f}")
-    return 0
 
 
 def cmd_generate(a) -> int:
@@ -394,6 +462,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("llmclf: interrupted", file=sys.stderr)
         return _exit(130)
+    except BrokenPipeError:  # `llmclf predict ... | head`: the reader has gone; stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return _exit(141)
     except MemoryError:
         print(f"{distributed.error_prefix() or 'llmclf: error: '}out of memory; try a smaller --batch-size or model",
               file=sys.stderr)

@@ -276,8 +276,19 @@ def _refuse_unique_labels(df: pd.DataFrame, lcol, path) -> None:
                           f"{COLUMN_HINT}")
 
 
-def read_table(path, text_column: str | None = None, label_column: str | None = None) -> pd.DataFrame:
+def _pair_texts(df: pd.DataFrame, tcol, pcol, path) -> pd.Series:
+    """Each row's two texts as one string (tokenizer.join_pair); a row missing either text becomes empty, so that
+    clean_frame skips and counts it."""
+    from .tokenizer import join_pair
+
+    texts = [df[c].astype(str).where(df[c].notna(), "") for c in (tcol, pcol)]
+    return pd.Series([join_pair(a, b) if a.strip() and b.strip() else "" for a, b in zip(*texts)], dtype=object)
+
+
+def read_table(path, text_column: str | None = None, label_column: str | None = None,
+               text_pair_column: str | None = None) -> pd.DataFrame:
     """A CSV, TSV or JSONL file as DataFrame(text, label) with string labels, the columns chosen said in one line.
+    With text_pair_column, `text` holds each row's two texts joined (tokenizer.join_pair).
 
     Columns: the user's, else the first of TEXT_COLUMNS / LABEL_COLUMNS present (case-insensitive), else by
     content (`_choose_columns`); whether row 0 is a header is judged by content (`_has_header`), so the
@@ -287,17 +298,24 @@ def read_table(path, text_column: str | None = None, label_column: str | None = 
     self_named = path.suffix.lower() in SELF_NAMED or path.is_dir()  # columns carry their names
     df = read_frame(path, header=0 if self_named else None)
     if not self_named and len(df):
-        named = text_column is not None or label_column is not None
+        named = text_column is not None or label_column is not None or text_pair_column is not None
         df = _apply_header(df, named or len(df) < 2 or _has_header(df, path.suffix.lower() != ".csv"))
-    if df.empty or df.shape[1] < 2:
-        raise LlmclfError(f"{path}: need a text column and a label column, found {df.shape[1]} column(s)")
-    tcol, lcol = _choose_columns(df, text_column, label_column, path)
-    out = clean_frame(pd.DataFrame({"text": df[tcol], "label": df[lcol]}), str(path))
-    out.attrs["read"] = {"file": str(path), "rows": len(df), "columns": {"text": str(tcol), "label": str(lcol)},
+    if df.empty or df.shape[1] < 2 + (text_pair_column is not None):
+        raise LlmclfError(f"{path}: need a text column{' and a pair column' if text_pair_column else ''} and a label "
+                          f"column, found {df.shape[1]} column(s)")
+    if text_pair_column is not None and text_pair_column == text_column:
+        raise LlmclfError(f"{path}: --text-pair-column {text_pair_column!r} is the text column; the pair needs two")
+    pcol = _find(df.columns, text_pair_column, [], "text pair", path) if text_pair_column is not None else None
+    tcol, lcol = _choose_columns(df.drop(columns=[pcol]) if pcol is not None else df, text_column, label_column, path)
+    text = df[tcol] if pcol is None else _pair_texts(df, tcol, pcol, path)
+    out = clean_frame(pd.DataFrame({"text": text.values, "label": df[lcol].values}), str(path))
+    columns = {"text": str(tcol), **({"text_pair": str(pcol)} if pcol is not None else {}), "label": str(lcol)}
+    out.attrs["read"] = {"file": str(path), "rows": len(df), "columns": columns,
                          "header": isinstance(tcol, str), **out.attrs.get("read", {})}
     _refuse_unique_labels(out, lcol, path)
     header = "" if isinstance(tcol, str) else "no header row; "
-    warn(f"{path}: {header}text {_column(tcol)}, label {_column(lcol)} ({out['label'].nunique()} classes)")
+    pair = f", pair {_column(pcol)}" if pcol is not None else ""
+    warn(f"{path}: {header}text {_column(tcol)}{pair}, label {_column(lcol)} ({out['label'].nunique()} classes)")
     return out
 
 
@@ -509,6 +527,22 @@ def _unlabelled(split_dir: Path) -> bool:
     return bool(class_labels) and all(pc.all(pc.equal(table[name], -1)).as_py() for name in class_labels)
 
 
+def unpair_frame(df: pd.DataFrame, pair: bool) -> pd.DataFrame:
+    """For a pair task, `text` split back into the columns text and text_pair (the split files, errors.csv)."""
+    if not pair:
+        return df
+    from .tokenizer import split_pair
+
+    parts = [split_pair(t) for t in df["text"]]
+    out = df.assign(text=[a for a, _ in parts], text_pair=[b for _, b in parts])
+    return out[["text", "text_pair", *[c for c in df.columns if c != "text"]]]
+
+
+def read_columns(path, opts) -> pd.DataFrame:
+    """read_table with the run's column options."""
+    return read_table(path, opts.text_column, opts.label_column, opts.text_pair_column)
+
+
 def load_data(opts):
     """The labelled data of a run's options (their data_file or train_file, or the built-in SMS set), balanced
     and split; a split the user gave as a file of its own (validation_file, test_file) is used as it is."""
@@ -516,13 +550,13 @@ def load_data(opts):
     if path is None:
         df, source = load_sms_spam()
     else:
-        df, source = read_table(path, opts.text_column, opts.label_column), str(opts.train_file or opts.data_file)
+        df, source = read_columns(path, opts), str(opts.train_file or opts.data_file)
     if not given:
         data = prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed,
                             balance_ratio=opts.balance_ratio, stratify=opts.stratify)
         data.read = {"data": df.attrs.get("read", {"rows": len(df)})}
         return data
-    frames = {s: read_table(f, opts.text_column, opts.label_column) for s, f in given.items()}
+    frames = {s: read_columns(f, opts) for s, f in given.items()}
     data = prepare_given_splits(df, frames, source, given, opts.balance, tuple(opts.split), opts.seed,
                                 opts.balance_ratio, opts.stratify)
     data.read = {"train": df.attrs.get("read", {}), **{s: f.attrs.get("read", {}) for s, f in frames.items()}}

@@ -75,6 +75,9 @@ def onnx_card(cfg: dict, tokenizer, decision, pooling: str) -> dict:
             "max_length": cfg["max_length"], "pad_id": tokenizer.pad_id,
             "pad_to_max_length": pooling == "last",  # the book's pooling reads position max_length - 1
             "append_eos_id": tokenizer.eos_id if tokenizer.append_eos else None,
+            "text_pairs": {"separator_id": tokenizer.eos_id, "how": "first's ids + [separator_id] + second's ids, the "
+                           "longer cut first until they fit max_length (the shorter kept whole if it fits in half)"}
+            if tokenizer.pair else None,
             "empty_text": "one pad_id token", "decision": decision.to_config()}
 
 
@@ -131,6 +134,9 @@ def _refuse_what_hf_cannot_hold(model, tokenizer, cfg, decision) -> None:
                "--operating-point argmax)")
     elif tokenizer.append_eos:
         why = "--append-eos: transformers' GPT-2 tokenizer does not append the end-of-text token"
+    elif tokenizer.pair:
+        why = ("a text-pair classifier: transformers' GPT-2 tokenizer joins a pair with no separator, llmclf with "
+               "<|endoftext|> (export --format onnx keeps it)")
     if why:
         raise LlmclfError(f"cannot export to the Hugging Face format: {why}")
 

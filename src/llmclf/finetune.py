@@ -29,7 +29,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .classifier import TextClassifier, count_parameters, set_trainable
 from .baseline import beside_run, probability_metrics
 from .blend import TfidfBlend, choose_weight, mix
-from .data import ClassificationDataset, data_report, load_data
+from .data import ClassificationDataset, data_report, load_data, unpair_frame
 from .decision import BINNING, Decision, calibrate, calibration_scores, choose_threshold, fit_temperature, rates
 from .errors import LlmclfError
 from .metrics import classification_metrics, plot_reliability, plot_roc_pr, plot_values, predict_loader
@@ -106,6 +106,7 @@ def build_classifier(opts, labels):
     torch.manual_seed(opts.seed)  # random backbone weights are part of the run: seeded, so runs repeat
     backbone, tokenizer, name = load_backbone(opts.model, opts.weights, opts.tokenizer_dir)
     tokenizer.append_eos = opts.append_eos
+    tokenizer.pair = opts.text_pair_column is not None
     torch.manual_seed(opts.seed)  # the book seeds before creating the class head
     model = TextClassifier(backbone, len(labels), opts.pooling, opts.causal)
     head = pretrained_head(opts.model, labels) if opts.weights == "pretrained" else None
@@ -182,6 +183,11 @@ class Job:
     autocast: Callable | None
     main: bool
 
+    @property
+    def pair(self) -> bool:
+        """A text-pair task (--text-pair-column): each text holds two, joined."""
+        return self.opts.text_pair_column is not None
+
     def amp(self):
         """The forwards' precision context (bfloat16 autocast, or nothing)."""
         return self.autocast() if self.autocast else contextlib.nullcontext()
@@ -222,7 +228,7 @@ def write_split(job: Job, data, report: dict) -> None:
         atomic_write_text(job.out / RUN_OPTIONS, json.dumps(asdict(job.opts), indent=2))
         atomic_write_text(job.out / "data.json", json.dumps(report, indent=2, ensure_ascii=False))
         for split in ("train", "validation", "test"):
-            getattr(data, split).to_csv(job.out / f"{split}.csv", index=False)
+            unpair_frame(getattr(data, split), job.pair).to_csv(job.out / f"{split}.csv", index=False)
 
 
 def say_cuts(job: Job, report: dict) -> None:
@@ -494,7 +500,9 @@ def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, label
                     model_name=metrics["model"], blend=blend,
                     base=None if job.opts.standalone else base_identity(job.opts.model, job.opts.weights),
                     extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")},
-                           "decision": (decision or Decision()).to_config()})
+                           "decision": (decision or Decision()).to_config(),
+                           **({"text_pair": {"text_column": job.opts.text_column,
+                                             "text_pair_column": job.opts.text_pair_column}} if job.pair else {})})
     write_run_report(job.out, metrics)
     atomic_write_text(job.out / "metrics.json", json.dumps(metrics, indent=2))
     (job.out / CHECKPOINT).unlink(missing_ok=True)
@@ -615,6 +623,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
             decision, sections, calibrated = choose_decision(job, data, logits, blend, targets, positive)
             metrics.update(sections)
             errors = misclassified(data.test, calibrated["test"], decision.choose(calibrated["test"]), data.labels)
+            errors = unpair_frame(errors, job.pair)
         save_run(job, model, tokenizer, metrics, state, data.labels, max_length, blend, errors, decision)
         return distributed.broadcast_object(metrics if job.main else None)  # no rank returns before rank 0 is done
     except TrainingInterrupted:

@@ -49,6 +49,9 @@ class FinetuneOptions:
                                 "after --split's two fractions)")
     text_column: str | None = opt(None, "text column (default: text/message/sms/... or judged by content)")
     label_column: str | None = opt(None, "label column (default: label/class/category/... or judged by content)")
+    text_pair_column: str | None = opt(None, "a second text column: classify text pairs (entailment, duplicate "
+                                       "questions, query/document); the two are joined by the end-of-text token "
+                                       "and cut longest-first, keeping part of both")
     balance: bool = opt(True, "undersample to the smallest class, as the book does", switch=True)
     balance_ratio: float = opt(1.0, "--balance: keep each class at most this many times the smallest (1: the "
                                "book's 1:1; 3: e.g. ham 3:1)")
@@ -209,7 +212,7 @@ def coerce(key: str, value, name: str):
 
 
 DATA_KEYS = ("dataset", "data_file", "train_file", "validation_file", "test_file", "text_column", "label_column",
-             "balance", "balance_ratio", "stratify", "split", "seed")
+             "text_pair_column", "balance", "balance_ratio", "stratify", "split", "seed")
 MODEL_KEYS = ("model", "weights", "tokenizer_dir")
 
 
@@ -271,6 +274,8 @@ def _check_combinations(opts: FinetuneOptions, name) -> None:
     for key in ("validation_file", "test_file"):
         if getattr(opts, key) and not (opts.train_file or opts.data_file):
             raise LlmclfError(f"{name(key)} needs the training data as a file too: {name('train_file')} FILE")
+    if opts.text_pair_column and not (opts.train_file or opts.data_file):
+        raise LlmclfError(f"{name('text_pair_column')} needs your data as a file: {name('data_file')} FILE")
     if opts.fsdp and opts.trainable != "all":
         raise LlmclfError(f"{name('fsdp')} needs trainable all (smaller trainable sets fit without sharding)")
     if opts.dtype == "bfloat16" and opts.device == "mps":

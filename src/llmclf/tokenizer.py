@@ -5,6 +5,10 @@ GPT-2 uses tiktoken with OpenAI's two BPE files; Llama-family models use the `to
 end-of-text token, so pooling at the last real token reads a position that has seen the whole text and
 knows it is over (what the book's padding with <|endoftext|> gives GPT-2). `encode` (generation) never
 appends it.
+
+A pair classifier (`pair` set; `--text-pair-column`) reads each text as "first PAIR_SEP second": both are
+encoded on their own, cut longest-first so that part of each survives `max_length`, and joined by the model's
+end-of-text token, the one separator every backbone's vocabulary has.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from .errors import LlmclfError
 
+PAIR_SEP = "\x1f"  # ASCII unit separator: joins a pair's two texts into the one string the pipeline carries
 GPT2_FILES = {"vocab.bpe": "gpt2-vocab.bpe", "encoder.json": "gpt2-encoder.json"}  # file -> assets entry
 
 
@@ -27,11 +32,54 @@ def _clean(text: str, max_length: int | None = None, longest_token: int = 128) -
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-class GPT2Tokenizer:
+def join_pair(first: str, second: str) -> str:
+    """The one string a text pair travels as (a separator inside either text becomes a space)."""
+    return first.replace(PAIR_SEP, " ") + PAIR_SEP + second.replace(PAIR_SEP, " ")
+
+
+def split_pair(text: str) -> tuple[str, str]:
+    first, _, second = text.partition(PAIR_SEP)
+    return first, second
+
+
+def cut_pair(a: list[int], b: list[int], budget: int | None) -> tuple[list[int], list[int]]:
+    """Longest-first truncation of two token lists to `budget` tokens in all: the shorter is kept whole when it
+    fits in half the budget, else both get half (the first the odd token)."""
+    if budget is None or len(a) + len(b) <= budget:
+        return a, b
+    budget, half = max(budget, 0), max(budget, 0) // 2
+    if len(a) <= half:
+        return a, b[: budget - len(a)]
+    if len(b) <= half:
+        return a[: budget - len(b)], b
+    return a[: budget - half], b[:half]
+
+
+class _Encoder:
+    """`encode_batch` over a subclass's `_ids(texts, max_length)`: single texts, or pairs (see the module doc)."""
+
+    append_eos = False
+    pair = False
+
+    def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids of each text, at most max_length of them when given."""
+        eos = self.eos_id if self.append_eos else None
+        if not self.pair:
+            return _finish(self._ids(texts, max_length), max_length, eos)
+        parts = [split_pair(t) for t in texts]
+        firsts, seconds = self._ids([a for a, _ in parts], max_length), self._ids([b for _, b in parts], max_length)
+        budget = None if max_length is None else max_length - 1 - (eos is not None)  # room for separator (and eos)
+        joined = [x + [self.eos_id] + y for x, y in (cut_pair(a, b, budget) for a, b in zip(firsts, seconds))]
+        return _finish(joined, max_length, eos)
+
+    def _config(self) -> dict:
+        return {"append_eos": self.append_eos, **({"pair": True} if self.pair else {})}
+
+
+class GPT2Tokenizer(_Encoder):
     """GPT-2 byte-level BPE through tiktoken; <|endoftext|> (50256) pads, as in the book."""
 
     kind = "gpt2-bpe"
-    append_eos = False
 
     def __init__(self, bpe_dir: str | Path | None = None):
         import tiktoken
@@ -60,10 +108,8 @@ class GPT2Tokenizer:
         # encode_ordinary: a message that contains the text "<|endoftext|>" is ordinary text, not a control token.
         return self.enc.encode_ordinary(_clean(text))
 
-    def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
-        """Token ids of each text, at most max_length of them when given."""
-        ids = self.enc.encode_ordinary_batch([_clean(t, max_length, 128) for t in texts])
-        return _finish(ids, max_length, self.eos_id if self.append_eos else None)
+    def _ids(self, texts: list[str], max_length: int | None) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch([_clean(t, max_length, 128) for t in texts])
 
     def decode(self, ids: list[int]) -> str:
         return self.enc.decode(ids)
@@ -71,14 +117,13 @@ class GPT2Tokenizer:
     def save(self, directory: Path) -> dict:
         for fname, p in self._paths.items():
             shutil.copyfile(p, Path(directory) / fname)
-        return {"type": self.kind, "files": sorted(self._paths), "append_eos": self.append_eos}
+        return {"type": self.kind, "files": sorted(self._paths), **self._config()}
 
 
-class HFTokenizer:
+class HFTokenizer(_Encoder):
     """A `tokenizers.Tokenizer` (tokenizer.json or built from GGUF metadata); no BOS is added."""
 
     kind = "hf"
-    append_eos = False
 
     def __init__(self, tokenizer, pad_id: int, eos_id: int):
         self.tok = tokenizer
@@ -99,13 +144,11 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(_clean(text), add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
-        """Token ids of each text, at most max_length of them when given."""
+    def _ids(self, texts: list[str], max_length: int | None) -> list[list[int]]:
         if max_length is not None and self._longest is None:
             self._longest = max(len(t) for t in self.tok.get_vocab())  # byte-level symbols: >= chars covered
         cleaned = [_clean(t, max_length, self._longest or 0) for t in texts]
-        ids = [e.ids for e in self.tok.encode_batch(cleaned, add_special_tokens=False)]
-        return _finish(ids, max_length, self.eos_id if self.append_eos else None)
+        return [e.ids for e in self.tok.encode_batch(cleaned, add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
@@ -113,7 +156,7 @@ class HFTokenizer:
     def save(self, directory: Path) -> dict:
         self.tok.save(str(Path(directory) / "tokenizer.json"))
         return {"type": self.kind, "files": ["tokenizer.json"], "pad_id": self.pad_id, "eos_id": self.eos_id,
-                "append_eos": self.append_eos}
+                **self._config()}
 
 
 def _finish(ids: list[list[int]], max_length: int | None, eos_id: int | None) -> list[list[int]]:
@@ -141,6 +184,7 @@ def load_saved_tokenizer(directory: Path, cfg: dict):
     else:
         raise LlmclfError(f"{directory}: unknown tokenizer type {cfg['type']!r}")
     tok.append_eos = bool(cfg.get("append_eos", False))
+    tok.pair = bool(cfg.get("pair", False))
     return tok
 
 

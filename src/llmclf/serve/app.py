@@ -2,9 +2,12 @@
 
 Routes
     POST /v1/classify   {"texts": ["...", ...]} -> {"model": NAME, "results": [{"label", "probability",
-                        "probabilities": {label: p}}, ...]}, one result per text, in input order.
-    GET  /v1/model      labels, model name, backbone config, max_length, pooling, blend_weight (the LLM's
-                        weight in a --blend classifier, else null), decision (temperature,
+                        "probabilities": {label: p}}, ...]}, one result per text, in input order. A pair
+                        classifier (--text-pair-column) takes {"texts": [...], "text_pairs": [...]}: one pair
+                        per index, the two lists as long as each other.
+    GET  /v1/model      labels, text_pairs (whether requests carry pairs), model name, backbone config,
+                        max_length, pooling, blend_weight (the LLM's weight in a --blend classifier, else
+                        null), decision (temperature,
                         threshold, positive label: how labels are chosen), the run's metrics (train/validation/test
                         and blend from RUN_DIR/metrics.json, else config.json's train_metrics; local paths
                         and training options left out) and the request limits.
@@ -21,7 +24,8 @@ Errors all have one shape, {"error": {"code": CODE, "message": ONE_LINE}}:
     413 too_many_texts        more than max_texts texts (default 64); 413 rather than 422 because the request
                               is well formed, only too big: split it into several requests
     413 text_too_long         a text over max_chars characters (Unicode code points; default 10000)
-    422 invalid_request       the JSON is not {"texts": [string, ...]} (missing field, wrong type, extra field)
+    422 invalid_request       the JSON is not {"texts": [string, ...]} (missing field, wrong type, extra field;
+                              a pair classifier also needs "text_pairs", as long as "texts")
     422 empty_texts           "texts" is an empty list
     503 overloaded            the queue holds max_queue texts already (default max(256, 4 * max_texts)); nothing
                               was computed; the Retry-After header says when to try again (seconds, an estimate)
@@ -70,6 +74,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import LlmclfError
 from ..predict import Classifier, load_classifier, predict_texts, predicted_classes
+from ..tokenizer import join_pair
 
 log = logging.getLogger("llmclf.serve")
 
@@ -88,6 +93,12 @@ class ClassifyRequest(BaseModel):
     texts: list[str] = Field(description="texts to classify (at least one, at most max_texts)",
                              examples=[["WINNER!! Claim your free prize now, text WIN to 80082",
                                         "Are we still on for lunch tomorrow?"]])
+
+
+class PairClassifyRequest(ClassifyRequest):
+    """A pair classifier's request (trained with --text-pair-column): texts[i] and text_pairs[i] are one pair."""
+    text_pairs: list[str] = Field(description="the second text of each pair, one per text",
+                                  examples=[["Claim your prize by texting WIN", "See you at lunch"]])
 
 
 class ClassifyResult(BaseModel):
@@ -337,26 +348,35 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_texts(raw: bytes, max_texts: int, max_chars: int) -> list[str]:
-    """The request's texts, or ApiError 400/413/422 naming what is wrong with the body."""
+def _parse_texts(raw: bytes, max_texts: int, max_chars: int, pair: bool = False) -> list[str]:
+    """The request's texts (for a pair classifier each pair joined), or ApiError 400/413/422 naming what is wrong
+    with the body."""
     try:
         payload = json.loads(raw)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise ApiError(400, "invalid_json", f"request body is not valid JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(payload, dict):
-        raise ApiError(422, "invalid_request", 'body must be a JSON object: {"texts": ["...", ...]}')
+        raise ApiError(422, "invalid_request", f"body must be a JSON object: {_SHAPES[pair]}")
     try:
-        texts = ClassifyRequest.model_validate(payload).texts
+        request = (PairClassifyRequest if pair else ClassifyRequest).model_validate(payload)
     except ValidationError as e:
         raise ApiError(422, "invalid_request", _validation_message(e.errors())) from None
+    texts, seconds = request.texts, getattr(request, "text_pairs", None)
     if not texts:
         raise ApiError(422, "empty_texts", '"texts" is empty: send at least one text')
     if len(texts) > max_texts:
         raise ApiError(413, "too_many_texts", f"{len(texts)} texts; at most {max_texts} per request")
-    for i, t in enumerate(texts):
-        if len(t) > max_chars:
-            raise ApiError(413, "text_too_long", f"texts.{i} has {len(t)} characters; at most {max_chars}")
-    return texts
+    if seconds is not None and len(seconds) != len(texts):
+        raise ApiError(422, "invalid_request", f'"text_pairs" has {len(seconds)} texts, "texts" {len(texts)}: '
+                       "send one second text per text")
+    for field, values in (("texts", texts), ("text_pairs", seconds or [])):
+        for i, t in enumerate(values):
+            if len(t) > max_chars:
+                raise ApiError(413, "text_too_long", f"{field}.{i} has {len(t)} characters; at most {max_chars}")
+    return texts if seconds is None else [join_pair(a, b) for a, b in zip(texts, seconds)]
+
+
+_SHAPES = {False: '{"texts": ["...", ...]}', True: '{"texts": ["...", ...], "text_pairs": ["...", ...]}'}
 
 
 def _submit(batcher: MicroBatcher, texts: list[str]) -> asyncio.Future:
@@ -401,20 +421,22 @@ def _rows(fut: asyncio.Future):
     return fut.result()
 
 
-def _classify_openapi(max_texts: int, max_chars: int, limit: int) -> dict:
+def _classify_openapi(max_texts: int, max_chars: int, limit: int, pair: bool = False) -> dict:
     """The route's request schema and error responses, stating the limits this app enforces."""
-    schema = ClassifyRequest.model_json_schema()
-    texts = schema["properties"]["texts"]
-    texts.update(minItems=1, maxItems=max_texts)
-    texts["items"].update(maxLength=max_chars)
-    texts["description"] = f"texts to classify: 1 to {max_texts}, each at most {max_chars} characters"
-    texts["examples"] = [ex for ex in texts["examples"] if len(ex) <= max_texts and max(map(len, ex)) <= max_chars]
+    schema = (PairClassifyRequest if pair else ClassifyRequest).model_json_schema()
+    for name in ("texts", "text_pairs") if pair else ("texts",):
+        texts = schema["properties"][name]
+        texts.update(minItems=1, maxItems=max_texts)
+        texts["items"].update(maxLength=max_chars)
+        texts["description"] = (f"{'the second texts of the pairs' if name == 'text_pairs' else 'texts to classify'}: "
+                                f"1 to {max_texts}, each at most {max_chars} characters")
+        texts["examples"] = [ex for ex in texts["examples"] if len(ex) <= max_texts and max(map(len, ex)) <= max_chars]
     retry = {"Retry-After": {"description": "seconds to wait before retrying (an estimate)", "required": True,
                              "schema": {"type": "integer", "minimum": 1}}}
     described = {
         400: "the body is not valid UTF-8 JSON",
         413: f"too large: body over {limit} bytes, more than {max_texts} texts or a text over {max_chars} characters",
-        422: 'not {"texts": [string, ...]}, or "texts" is empty',
+        422: f"not {_SHAPES[pair]}, or \"texts\" is empty" + (", or the two lists differ in length" if pair else ""),
         500: "internal error (no details: they are in the server log)",
         503: "overloaded (the queue is full: nothing was computed) or shutting down",
         504: "not answered within the server's request timeout",
@@ -471,7 +493,7 @@ def _model_info(clf, run_dir, limits: dict) -> dict:
     return {"model": str(cfg.get("model_name", "classifier")), "labels": list(clf.labels),
             "num_classes": len(clf.labels), "max_length": clf.max_length, "pooling": cfg.get("pooling"),
             "backbone": cfg.get("backbone"), "llmclf_version": cfg.get("llmclf_version"), "device": clf.device,
-            "backend": clf.backend,
+            "backend": clf.backend, "text_pairs": bool(clf.tokenizer.pair),
             "blend_weight": clf.blend.weight if clf.blend is not None else None,
             "decision": {**clf.decision.to_config(), "positive_label": clf.labels[clf.decision.positive]},
             "metrics": _run_metrics(run_dir, cfg), "limits": limits}
@@ -484,10 +506,10 @@ def _add_routes(app: FastAPI, batcher, model_info: dict, limit: int, request_tim
     max_texts, max_chars = model_info["limits"]["max_texts"], model_info["limits"]["max_chars"]
 
     @app.post("/v1/classify", response_model=ClassifyResponse, summary="Classify texts", tags=["classify"],
-              **_classify_openapi(max_texts, max_chars, limit))
+              **_classify_openapi(max_texts, max_chars, limit, model_info["text_pairs"]))
     async def classify(request: Request):
-        """Label and class probabilities for each text, in input order."""
-        texts = _parse_texts(await _read_body(request, limit), max_texts, max_chars)
+        """Label and class probabilities for each text (or text pair), in input order."""
+        texts = _parse_texts(await _read_body(request, limit), max_texts, max_chars, model_info["text_pairs"])
         rows = await _wait_for_rows(request, _submit(batcher, texts), request_timeout)
         results = []
         for row, best in zip(rows.tolist(), decide(rows)):  # argmax, or the operating point saved with the model

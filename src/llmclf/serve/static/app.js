@@ -5,6 +5,7 @@ const NAMED_COLORS = { spam: "#b3261e", ham: "#1e7f43" };
 const PALETTE = ["#2857c5", "#b3261e", "#1e7f43", "#8a4fbf", "#c46a00", "#00838f", "#6d4c41", "#5b6475"];
 let labels = [];
 let limits = { max_texts: 64, max_chars: 10000 };
+let pairs = false;  // a pair classifier: every request carries texts and text_pairs
 
 const $ = (id) => document.getElementById(id);
 
@@ -70,6 +71,9 @@ async function loadModel() {
     const info = await api("/v1/model");
     labels = info.labels || [];
     limits = info.limits || limits;
+    pairs = info.text_pairs === true;
+    $("pair-field").hidden = !pairs;
+    if (pairs) $("batch-label").textContent = "Pairs, one per line: first text, a tab, second text (blank lines are skipped)";
     const parts = [`Model ${info.model}`, `labels: ${labels.join(", ")}`];
     const test = info.metrics && info.metrics.test;
     if (test && typeof test.accuracy === "number") parts.push(`test accuracy ${pct(test.accuracy)}`);
@@ -125,7 +129,7 @@ async function classifySingle(event) {
   button.disabled = true;
   $("single-status").textContent = "Classifying…";
   try {
-    const data = await api("/v1/classify", { texts: [text] });
+    const data = await api("/v1/classify", pairs ? { texts: [text], text_pairs: [$("text-pair").value] } : { texts: [text] });
     showError(null);
     renderResult(data.results[0]);
     $("single-status").textContent = "";
@@ -135,6 +139,13 @@ async function classifySingle(event) {
   } finally {
     button.disabled = false;
   }
+}
+
+function requestBody(lines) {
+  // A pair classifier's line is "first<TAB>second"; a line without a tab is a pair with an empty second text.
+  if (!pairs) return { texts: lines };
+  const split = lines.map((line) => { const i = line.indexOf("\t"); return i < 0 ? [line, ""] : [line.slice(0, i), line.slice(i + 1)]; });
+  return { texts: split.map((p) => p[0]), text_pairs: split.map((p) => p[1]) };
 }
 
 async function classifyBatch(event) {
@@ -151,7 +162,7 @@ async function classifyBatch(event) {
   try {
     const results = [];
     for (let i = 0; i < lines.length; i += limits.max_texts) {  // the server takes max_texts per request
-      const data = await api("/v1/classify", { texts: lines.slice(i, i + limits.max_texts) });
+      const data = await api("/v1/classify", requestBody(lines.slice(i, i + limits.max_texts)));
       results.push(...data.results);
     }
     showError(null);
