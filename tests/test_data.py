@@ -407,3 +407,57 @@ def test_pair_training_writes_both_texts_into_the_split_files_and_the_report(pai
     report = json.loads((pair_run / "data.json").read_text())
     assert report["read"]["data"]["columns"] == {"text": "first", "text_pair": "second", "label": "label"}
     assert unpair_frame(pd.DataFrame({"text": ["a\x1fb"], "label": ["x"]}), pair=False)["text"][0] == "a\x1fb"
+
+
+def test_combine_windows_averages_each_text_s_window_probabilities():
+    import torch
+
+    from llmclf.data import combine_windows
+
+    logits = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    out = combine_windows(logits, [0, 0, 1])
+    p = torch.softmax(logits, -1)
+    assert torch.allclose(torch.exp(out), torch.stack([(p[0] + p[1]) / 2, p[2]]), atol=1e-6)
+    assert combine_windows(logits, None) is logits
+
+
+def test_a_windows_run_trains_on_every_window_and_reports_per_text(windows_run):
+    metrics = json.loads((windows_run / "metrics.json").read_text())
+    texts = {s: len(pd.read_csv(windows_run / f"{s}.csv")) for s in ("train", "validation", "test")}
+    assert metrics["num_examples"] == texts and metrics["test"]["num_examples"] == texts["test"]
+    assert all(metrics["windows"][s] >= 3 * texts[s] for s in texts)  # documents of ~6 messages, 32-token windows
+    assert metrics["max_length"] == 32
+
+
+def test_label_sets_are_read_from_json_lists_delimiters_01_columns_and_saved_datasets(tmp_path, sms_file):
+    import datasets
+
+    from conftest import sms_tags
+    from llmclf.data import is_multi_label, label_counts, label_set_string
+
+    df = sms_tags(20)
+    want = [label_set_string(t) for t in df["tags"]]
+    df.to_json(tmp_path / "tags.jsonl", orient="records", lines=True)  # a JSON list per row
+    df.to_parquet(tmp_path / "tags.parquet")  # a pyarrow list column
+    df.assign(tags=df["tags"].map(";".join)).to_csv(tmp_path / "tags.csv", index=False)
+    onehot = df[["text"]].assign(**{k: df["tags"].map(lambda t, k=k: int(k in t)) for k in ("spam", "number", "question")})
+    onehot.to_csv(tmp_path / "onehot.csv", index=False)
+    names = ["number", "question", "spam"]
+    feats = datasets.Features({"text": datasets.Value("string"),
+                               "tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+    datasets.Dataset.from_dict({"text": df["text"].tolist(), "tags": [[names.index(x) for x in t] for t in df["tags"]]},
+                               features=feats).save_to_disk(str(tmp_path / "saved"))
+    reads = [read_table(tmp_path / "tags.jsonl", label_column="tags"), read_table(tmp_path / "tags.parquet"),
+             read_table(tmp_path / "tags.csv", label_column="tags", label_delimiter=";"),
+             read_table(tmp_path / "onehot.csv", label_columns=["spam", "number", "question"]),
+             read_table(tmp_path / "saved", label_column="tags")]
+    for out in reads:
+        assert out["label"].tolist() == want and is_multi_label(out)
+    assert "[]" in want  # a text with no label is kept, not skipped
+    counts = label_counts(reads[0])
+    assert counts == {k: sum(k in t for t in df["tags"]) for k in names}
+    data = prepare_data(reads[0], "tags", balance=True, split=(0.6, 0.2))
+    assert len(data.train) + len(data.validation) + len(data.test) == len(df)  # label sets are never undersampled
+    assert data.labels == names and data.multi_label
+    with pytest.raises(LlmclfError, match="--stratify"):
+        prepare_data(reads[0], "tags", stratify=True)

@@ -173,3 +173,24 @@ def test_book_recipe_is_uncalibrated_argmax():
     from llmclf.options import from_recipe
     o = from_recipe("book")
     assert o.calibrate is False and o.operating_point == "argmax"
+
+
+def test_label_thresholds_are_each_label_s_best_f1_on_validation():
+    import numpy as np
+
+    from llmclf.decision import Decision, choose_label_thresholds, load_decision
+
+    y = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]])
+    p = np.array([[0.3, 0.2, 0.1], [0.35, 0.4, 0.2], [0.1, 0.9, 0.3], [0.05, 0.6, 0.4]])
+    t = choose_label_thresholds(p, y)
+    # label 0: anything in (0.1, 0.3] separates; nearest 0.5 on the grid is 0.3. label 1: only 0.9 is positive,
+    # any threshold in (0.6, 0.9] gets F1 1; nearest 0.5 is 0.65. label 2: never positive -> 0.5
+    assert t == [0.3, 0.65, 0.5]
+    d = Decision(thresholds=tuple(t))
+    assert d.choose_sets(p).tolist() == [[True, False, False], [True, False, False], [False, True, False],
+                                         [False, False, False]]
+    cfg = {"num_classes": 3, "decision": d.to_config()}
+    assert load_decision(cfg, "config.json") == d
+    cfg["decision"]["thresholds"] = [0.5, 2.0, 0.5]
+    with pytest.raises(LlmclfError, match="thresholds"):
+        load_decision(cfg, "config.json")

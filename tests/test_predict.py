@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import GPT2_TOKENIZER_DIR, run_cli
 from llmclf.classifier import TextClassifier
 from llmclf.models import MODELS, build_model
 from llmclf.predict import Classifier, load_classifier, predict_encoded, predict_texts
@@ -148,3 +148,68 @@ def test_evaluate_a_pair_classifier_on_its_test_split_gives_the_run_s_test_metri
     saved = json.loads((pair_run / "metrics.json").read_text())["test"]
     assert json.loads(r.stdout)["accuracy"] == pytest.approx(saved["accuracy"])
     assert json.loads(r.stdout)["macro_f1"] == pytest.approx(saved["macro_f1"])
+
+
+def test_windows_predict_and_evaluate_give_the_run_s_test_figures(windows_run):
+    import pandas as pd
+
+    saved = json.loads((windows_run / "metrics.json").read_text())["test"]
+    r = run_cli("evaluate", windows_run, "--data-file", windows_run / "test.csv")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["accuracy"] == pytest.approx(saved["accuracy"])
+    assert json.loads(r.stdout)["loss"] == pytest.approx(saved["loss"], abs=1e-4)
+    clf = load_classifier(windows_run, device="cpu")
+    test = pd.read_csv(windows_run / "test.csv")["text"].tolist()
+    whole = predict_texts(clf, test[:4])
+    clf.tokenizer.long_texts = "cut"  # the first window alone answers differently: all windows were read
+    assert not torch.allclose(whole, predict_texts(clf, test[:4]), atol=1e-4)
+
+
+def test_a_multilabel_classifier_predicts_label_sets_at_its_thresholds_and_evaluates_as_trained(multilabel_run):
+    import pandas as pd
+
+    metrics = json.loads((multilabel_run / "metrics.json").read_text())
+    thresholds = metrics["thresholds"]
+    clf = load_classifier(multilabel_run, device="cpu")
+    assert clf.multi_label and clf.labels == ["number", "question", "spam"]
+    test = pd.read_csv(multilabel_run / "test.csv", dtype=str, keep_default_na=False)
+    r = run_cli("predict", multilabel_run, "--input", multilabel_run / "test.csv", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    probs = predict_texts(clf, test["text"].tolist())
+    assert torch.allclose(torch.tensor([[x["probabilities"][k] for k in clf.labels] for x in rows]), probs, atol=1e-5)
+    assert (probs.sum(1) - 1).abs().max() > 0.01  # sigmoids, one per label, not a softmax
+    for x in rows:
+        assert x["labels"] == [k for k in clf.labels if x["probabilities"][k] >= thresholds[k]]
+    truth = [json.loads(t) for t in test["label"]]
+    assert sum(x["labels"] == t for x, t in zip(rows, truth)) / len(rows) == pytest.approx(metrics["test"]["accuracy"])
+    r = run_cli("evaluate", multilabel_run, "--data-file", multilabel_run / "test.csv")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    for k in ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss"):
+        assert ev[k] == pytest.approx(metrics["test"][k]), k
+    assert metrics["test"]["micro_f1"] > 0.6  # learnt something: the labels follow from the words
+
+
+def test_multilabel_training_reports_the_field_s_metrics_and_refuses_single_label_options(multilabel_run, tmp_path):
+    metrics = json.loads((multilabel_run / "metrics.json").read_text())
+    assert set(metrics["thresholds"]) == {"number", "question", "spam"}
+    for split in ("validation", "test"):
+        m = metrics[split]
+        assert {"subset_accuracy", "micro_f1", "macro_f1", "hamming_loss"} <= set(m) and len(m["per_class"]) == 3
+        assert metrics["at_0.5"][split]["num_examples"] == m["num_examples"]
+    assert metrics["baseline"]["model"] == "TF-IDF + logistic regression per label" and "calibration" not in metrics
+    errors = pd_read(multilabel_run / "errors.csv")
+    assert list(errors.columns) == ["text", "label", "predicted", "missed", "added", "wrong_labels"]
+    assert (errors["label"] != errors["predicted"]).all()
+    data = multilabel_run.parent / "tags.csv"
+    r = run_cli("train", "--data-file", data, "--label-column", "tags", "--label-delimiter", "|", "--model", "gpt2-tiny",
+                "--weights", "random", "--tokenizer-dir", GPT2_TOKENIZER_DIR, "--operating-point", "best_f1",
+                "--out", tmp_path / "run")
+    assert r.returncode == 2 and "for single-label data" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def pd_read(path):
+    import pandas as pd
+    return pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -394,3 +394,22 @@ def test_a_pair_classifier_takes_text_pairs_and_a_single_text_one_refuses_them(p
         assert props["text_pairs"]["maxItems"] == 64 and props["text_pairs"]["items"]["maxLength"] == 10000
     assert client.get("/v1/model").json()["text_pairs"] is False
     expect_error(client.post("/v1/classify", json={"texts": ["a"], "text_pairs": ["b"]}), 422, "invalid_request")
+
+
+def test_a_multilabel_classifier_answers_label_sets_and_a_single_label_one_does_not(multilabel_run, client):
+    from llmclf.predict import predicted_sets
+
+    clf = load_classifier(multilabel_run, device="cpu")
+    texts = pd.read_csv(multilabel_run / "test.csv")["text"].astype(str).head(6).tolist()
+    with TestClient(create_app(clf)) as c:
+        info = c.get("/v1/model").json()
+        assert info["multi_label"] is True and set(info["thresholds"]) == set(clf.labels)
+        r = c.post("/v1/classify", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        check_results(results, texts, clf)  # the probabilities, and "label": the most probable one
+        assert [x["labels"] for x in results] == predicted_sets(clf, predict_texts(clf, texts))
+        schema = c.get("/openapi.json").json()["components"]["schemas"]["ClassifyResult"]
+        assert "labels" in schema["properties"]
+    single = client.post("/v1/classify", json={"texts": ["hello"]}).json()["results"][0]
+    assert "labels" not in single and client.get("/v1/model").json()["multi_label"] is False

@@ -123,3 +123,19 @@ def test_a_pair_classifier_s_page_asks_for_both_texts(pair_run, browser, tmp_pat
         page.wait_for_selector("#batch-table tbody tr:nth-child(2)")
         assert page.inner_text("#batch-status").startswith("2 classified")
         page.close()
+
+
+def test_a_multilabel_classifier_s_page_shows_the_label_set(multilabel_run, browser, tmp_path):
+    import httpx
+
+    with shots.serve_subprocess(multilabel_run, log_path=tmp_path / "serve.log") as url:
+        page = browser.new_page(viewport=shots.VIEWPORT)
+        page.goto(url)
+        page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model')")
+        text = "URGENT! Call 09061701461 to claim your prize?"
+        shown = shots.classify_on_page(page, text)
+        want = httpx.post(url + "/v1/classify", json={"texts": [text]}).json()["results"][0]["labels"]
+        assert shown.startswith("Labels:")
+        assert [b for b in page.eval_on_selector_all("#predicted-label .label-badge", "bs => bs.map(b => b.textContent)")] == want
+        assert len(bars(page)) == 3
+        page.close()

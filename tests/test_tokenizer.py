@@ -53,3 +53,26 @@ def test_text_pairs_are_joined_by_the_end_token_and_cut_longest_first(tmp_path):
     assert again.pair and again.encode_batch([pair], max_length=6) == tok.encode_batch([pair], max_length=6)
     tok.pair = False  # a single-text classifier reads the separator as text
     assert tok.encode_batch([pair])[0] != a + [50256] + b
+
+
+def test_long_texts_head_tail_and_windows():
+    from llmclf.tokenizer import MAX_WINDOWS
+
+    tok = GPT2Tokenizer(GPT2_TOKENIZER_DIR)
+    text = " ".join(f"w{i}" for i in range(100))
+    ids = tok.encode(text)
+    tok.long_texts = "head_tail"
+    assert tok.encode_batch([text], 20)[0] == ids[:5] + ids[-15:]  # a quarter from the start, the rest from the end
+    assert tok.encode_batch(["w1 w2"], 20)[0] == tok.encode("w1 w2")  # a short text is whole
+    huge = "x" * 5000 + " " + text  # the end survives the pre-cut of characters
+    assert tok.encode_batch([huge], 20)[0][-15:] == ids[-15:]
+    tok.long_texts = "windows"
+    windows, owner = tok.encode_windows([" ".join(f"w{i}" for i in range(25)), "short"], 20)
+    short = tok.encode(" ".join(f"w{i}" for i in range(25)))
+    assert windows == [short[0:20], short[10:30], short[20:40], short[30:50], tok.encode("short")]
+    assert owner == [0, 0, 0, 0, 1]
+    windows, owner = tok.encode_windows([text], 20)
+    assert len(windows) == MAX_WINDOWS and windows[-1] == ids[150:170]  # at most 16 windows, half overlapping
+    tok.append_eos = True
+    windows, _ = tok.encode_windows([text], 20)
+    assert windows[1] == ids[9:28] + [50256]  # every window ends with the end-of-text token

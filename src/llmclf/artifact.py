@@ -177,9 +177,10 @@ def _is_tensors(v) -> bool:
 
 
 def _is_tokenizer(v) -> bool:
-    from .tokenizer import GPT2Tokenizer, HFTokenizer
+    from .tokenizer import LONG_TEXTS, GPT2Tokenizer, HFTokenizer
     if not (isinstance(v, dict) and isinstance(v.get("files"), list) and all(map(_plain_name, v["files"]))
-            and isinstance(v.get("append_eos", False), bool) and isinstance(v.get("pair", False), bool)):
+            and isinstance(v.get("append_eos", False), bool) and isinstance(v.get("pair", False), bool)
+            and v.get("long_texts", "cut") in LONG_TEXTS):
         return False
     if v.get("type") == HFTokenizer.kind:
         return _is_id(v.get("pad_id")) and _is_id(v.get("eos_id"))

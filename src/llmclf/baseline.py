@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from .blend import class_probabilities
-from .data import load_data
+from .data import load_data, targets_of
+from .decision import choose_label_thresholds
 from .errors import LlmclfError
-from .metrics import classification_metrics
+from .metrics import classification_metrics, multilabel_metrics
 from .options import DATA_KEYS, FinetuneOptions, check_options
 from .outdir import check_output_dir, prepare_output_dir
 from .report import write_results
@@ -88,6 +89,33 @@ def beside_run(prepared, seed: int, keep: bool = False):
         kept[split] = (probs, targets)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return (result, kept) if keep else result
+
+
+def beside_multilabel_run(prepared, seed: int) -> dict:
+    """beside_run for label sets: TF-IDF + one logistic regression per label (one-vs-rest), each label's threshold
+    chosen on validation as the run's are (a label no training text carries is never predicted)."""
+    from sklearn.multiclass import OneVsRestClassifier
+
+    t0 = time.perf_counter()
+    pipeline = _models(seed)[1][2]
+    y = np.array(targets_of(prepared.train, prepared.labels)) > 0.5
+    fitted = {j: y[:, j] for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)}  # a constant label: no fit
+    pipeline.steps[-1] = ("ovr", OneVsRestClassifier(pipeline.steps[-1][1]))
+    pipeline.fit(prepared.train["text"].astype(str).tolist(), np.stack(list(fitted.values()), 1).astype(int))
+    probs, constant = {}, [j for j in range(y.shape[1]) if j not in fitted]
+    for split in ("validation", "test"):
+        df = getattr(prepared, split)
+        p = np.zeros((len(df), len(prepared.labels)))
+        if len(df):
+            p[:, list(fitted)] = pipeline.predict_proba(df["text"].astype(str).tolist())
+            p[:, constant] = y.mean(0)[constant]
+        probs[split] = (p, np.array(targets_of(df, prepared.labels)).reshape(len(df), -1))
+    thresholds = choose_label_thresholds(*probs["validation"]) if len(prepared.validation) else None
+    result = {"model": "TF-IDF + logistic regression per label", "thresholds": thresholds}
+    for split, (p, t) in probs.items():
+        result[split] = multilabel_metrics(p, t, thresholds) if len(t) else {}
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result
 
 
 def run_baselines(out, data: dict | None = None, log=None, overwrite: bool = False) -> list[dict]:

@@ -98,6 +98,8 @@ def _add_use_parsers(sub) -> None:
     p.add_argument("--data-file", required=True)
     p.add_argument("--text-column")
     p.add_argument("--label-column")
+    p.add_argument("--label-delimiter", help="multi-label: labels in one column separated by this string")
+    p.add_argument("--label-columns", metavar="NAMES", help="multi-label: 0/1 columns, one per label, NAME,NAME,...")
     p.add_argument("--text-pair-column", help=PAIR_HELP)
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", default="auto")
@@ -200,13 +202,14 @@ def cmd_train(a) -> int:
         return 0
     t = metrics["test"]
     blended = bool(metrics.get("blend", {}).get("saved"))  # then the saved classifier is the blend, said last
-    print(f"test accuracy {t['accuracy']:.4f}  f1 {t['f1']:.4f}  loss {t['loss']:.4f}  "
+    kind = "subset accuracy" if t.get("multi_label") else "accuracy"  # multi-label: the whole label set right
+    print(f"test {kind} {t['accuracy']:.4f}  f1 {t['f1']:.4f}  loss {t['loss']:.4f}  "
           f"train_seconds {metrics['train_seconds']:.1f}  run {a.out}" + ("  (the LLM alone)" if blended else ""))
     base = metrics.get("baseline")
     if base:
         verdict = ("" if not base["wins_on_validation"] else "  -- it beats the LLM alone on validation" if blended
                    else "  -- it beats this run on validation")
-        print(f"baseline {base['model']}: test accuracy {base['test']['accuracy']:.4f}  f1 {base['test']['f1']:.4f}"
+        print(f"baseline {base['model']}: test {kind} {base['test']['accuracy']:.4f}  f1 {base['test']['f1']:.4f}"
               f"{verdict}")
     blend = metrics.get("blend")
     if blend:
@@ -233,31 +236,44 @@ def print_decision(metrics: dict) -> None:
 
 
 def cmd_evaluate(a) -> int:
-    from .data import read_frame, read_table
-    from .decision import calibration_scores, rates
-    from .metrics import classification_metrics
+    from .data import labels_in, read_frame, read_table
     from .predict import load_classifier, predict_texts
-    import torch
 
     clf = load_classifier(a.run_dir, a.device, a.backend)
     pair = saved_pair(clf, a)
     columns = (a.text_column, None) if pair is None else pair_columns(read_frame(Path(a.data_file)).columns,
                                                                         a.text_column, pair, a.data_file)
-    df = read_table(a.data_file, columns[0], a.label_column, columns[1])
-    index = {name: i for i, name in enumerate(clf.labels)}
-    unknown = sorted(set(df["label"]) - set(index))
+    df = read_table(a.data_file, columns[0], a.label_column, columns[1], a.label_delimiter,
+                    a.label_columns.split(",") if a.label_columns else None)
+    unknown = sorted(labels_in(df) - set(clf.labels))
     if unknown:
         raise LlmclfError(f"{a.data_file}: labels {unknown[:5]} are not among the classifier's ({', '.join(clf.labels)})")
     probs = predict_texts(clf, list(df["text"]), a.batch_size)  # blended and calibrated as saved
-    targets = torch.tensor([index[x] for x in df["label"]])
+    print(json.dumps(evaluation_metrics(clf, df, probs, a.data_file), indent=2))
+    return 0
+
+
+def evaluation_metrics(clf, df, probs, where) -> dict:
+    """The classifier's metrics on a labelled frame: at its saved decision (operating point, label thresholds)."""
+    import torch
+
+    from .data import is_multi_label, targets_of
+    from .decision import calibration_scores, rates
+    from .metrics import classification_metrics, multilabel_metrics
+
+    if is_multi_label(df) != clf.multi_label:
+        raise LlmclfError(f"{where}: {'label sets' if is_multi_label(df) else 'one label per text'}, but the "
+                          f"classifier gives {'label sets' if clf.multi_label else 'one label per text'}")
+    targets = torch.tensor(targets_of(df, clf.labels))
+    if clf.multi_label:
+        return multilabel_metrics(probs.numpy(), targets.numpy(), clf.decision.thresholds)
     metrics = classification_metrics(torch.log(probs.clamp_min(1e-12)), targets, len(clf.labels), with_curves=True)
     metrics.update(calibration_scores(probs.numpy(), targets.numpy()))
     d = clf.decision
     if d.threshold is not None:  # the labels predict gives: at the saved operating point
         metrics["operating_point"] = {"target": d.target, "positive_label": clf.labels[d.positive],
                                       **rates(probs[:, d.positive].numpy(), targets.numpy() == d.positive, d.threshold)}
-    print(json.dumps(metrics, indent=2))
-    return 0
+    return metrics
 
 
 def read_texts(path: str, text_column: str | None, pair: dict | None = None) -> list[str]:
@@ -324,7 +340,7 @@ def saved_pair(clf, a) -> dict | None:
 
 def cmd_predict(a) -> int:
     from . import distributed
-    from .predict import load_classifier, predicted_classes, predict_texts_distributed
+    from .predict import load_classifier, predicted_classes, predicted_sets, predict_texts_distributed
 
     if not a.texts and not a.input:
         raise LlmclfError("nothing to classify: pass texts or --input FILE")
@@ -337,7 +353,8 @@ def cmd_predict(a) -> int:
     probs = predict_texts_distributed(clf, texts, a.batch_size,
                                       progress=bool(a.input) and sys.stderr.isatty() and distributed.is_main())
     if distributed.is_main():
-        print_predictions(clf, texts, probs, predicted_classes(clf, probs), a.json)
+        chosen = predicted_sets(clf, probs) if clf.multi_label else predicted_classes(clf, probs)
+        print_predictions(clf, texts, probs, chosen, a.json)
     return 0
 
 
@@ -352,16 +369,21 @@ def gather_texts(a, clf) -> list[str]:
     return texts
 
 
-def print_predictions(clf, texts, probs, classes, as_json: bool) -> None:
+def print_predictions(clf, texts, probs, chosen, as_json: bool) -> None:
+    """One line per text: label and probability (multi-label: the labels and theirs, comma-separated; '(none)'
+    for an empty set), or with as_json an object with every class probability."""
     from .tokenizer import split_pair
 
-    for text, p, i in zip(texts, probs, classes):
-        if as_json:
-            shown = dict(zip(("text", "text_pair"), split_pair(text))) if clf.tokenizer.pair else {"text": text}
-            print(json.dumps({**shown, "label": clf.labels[i], "probability": float(p[i]),
-                              "probabilities": {lab: float(q) for lab, q in zip(clf.labels, p)}}, ensure_ascii=False))
+    for text, p, c in zip(texts, probs, chosen):
+        every = {lab: float(q) for lab, q in zip(clf.labels, p)}
+        shown = dict(zip(("text", "text_pair"), split_pair(text))) if clf.tokenizer.pair else {"text": text}
+        if clf.multi_label:
+            answer = {"labels": c}
+            line = f"{','.join(c) or '(none)'}\t{','.join(f'{every[lab]:.4f}' for lab in c)}"
         else:
-            print(f"{clf.labels[i]}\t{float(p[i]):.4f}")
+            answer = {"label": clf.labels[c], "probability": float(p[c])}
+            line = f"{clf.labels[c]}\t{float(p[c]):.4f}"
+        print(json.dumps({**shown, **answer, "probabilities": every}, ensure_ascii=False) if as_json else line)
 
 
 def cmd_generate(a) -> int:

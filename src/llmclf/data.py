@@ -131,7 +131,8 @@ def saved_dataset_splits(path: Path) -> dict[str, Path]:
 
 def _saved_table(path: Path):
     """A saved `datasets` Dataset as one Arrow table (its stream files in the order state.json lists them,
-    memory-mapped) and the label names of each of its ClassLabel columns (from dataset_info.json)."""
+    memory-mapped), the label names of each of its ClassLabel columns (from dataset_info.json), and those of its
+    columns of ClassLabel lists (multi-label)."""
     import pyarrow as pa
 
     try:
@@ -142,16 +143,28 @@ def _saved_table(path: Path):
         raise LlmclfError(f"{path}: cannot read as a saved datasets directory ({str(e).splitlines()[0][:120]})") from None
     class_labels = {name: list(f.get("names") or []) for name, f in (info.get("features") or {}).items()
                     if isinstance(f, dict) and f.get("_type") == "ClassLabel" and name in table.column_names}
-    return table, class_labels
+    return table, class_labels, _label_lists(info, table)
+
+
+def _label_lists(info: dict, table) -> dict:
+    """The label names of each column holding lists of ClassLabel ids (multi-label: Sequence(ClassLabel))."""
+    out = {}
+    for name, f in (info.get("features") or {}).items():
+        inner = f.get("feature") if isinstance(f, dict) and f.get("_type") in ("Sequence", "List") else None
+        if isinstance(inner, dict) and inner.get("_type") == "ClassLabel" and name in table.column_names:
+            out[name] = list(inner.get("names") or [])
+    return out
 
 
 def _read_saved_dataset(path: Path) -> pd.DataFrame:
     """A saved `datasets` Dataset with its ClassLabel columns given their names (-1, the `datasets` mark of a
     missing label, becomes NaN and is skipped as a row without a label)."""
-    table, class_labels = _saved_table(path)
+    table, class_labels, label_lists = _saved_table(path)
     df = table.to_pandas()
     for name, names in class_labels.items():
         df[name] = df[name].map(dict(enumerate(names)))
+    for name, names in label_lists.items():  # a list of ids -> a canonical label set of their names
+        df[name] = df[name].map(lambda ids: label_set_string(names[int(i)] for i in ids) if ids is not None else None)
     return df
 
 
@@ -200,6 +213,80 @@ def _label_like(values: pd.Series) -> bool:
     """Few distinct values, each repeated: on average every value occurs at least twice."""
     values = values.dropna()
     return len(values) >= 2 and values.nunique() <= len(values) / 2
+
+
+# ---------------------------------------------------------------- multi-label
+# A multi-label row's label is its set of labels as a canonical JSON list string ('["earn", "grain"]', '[]' for
+# none): one string per row, so splitting, dedup and the split files work as for single labels.
+
+def label_set_string(labels) -> str:
+    return json.dumps(sorted({str(x).strip() for x in labels if str(x).strip()}), ensure_ascii=False)
+
+
+def _json_list(cell):
+    """A cell's list of labels if it is a list (Parquet, JSON) or a JSON list in text, else None."""
+    if isinstance(cell, (list, tuple, np.ndarray)):
+        return list(cell)
+    if isinstance(cell, str) and cell.strip().startswith("["):
+        try:
+            value = json.loads(cell)
+        except ValueError:
+            return None
+        return value if isinstance(value, list) else None
+    return None
+
+
+def _list_column(values: pd.Series) -> pd.Series | None:
+    """A column whose every non-missing cell is a list of labels, as canonical strings; else None."""
+    cells = values.dropna()
+    lists = [_json_list(c) for c in cells]
+    if not len(cells) or any(x is None for x in lists):
+        return None
+    return values.map(lambda c: c if c is None or (isinstance(c, float) and c != c) else label_set_string(_json_list(c)))
+
+
+def is_multi_label(df: pd.DataFrame) -> bool:
+    """Whether the labels are label sets (every one a canonical JSON list string)."""
+    return len(df) > 0 and bool(df["label"].str.startswith("[").all())
+
+
+def label_sets(labels: pd.Series) -> list[list[str]]:
+    return [json.loads(x) for x in labels]
+
+
+def labels_in(df: pd.DataFrame) -> set:
+    """The label names a frame uses (for label sets: their union)."""
+    if is_multi_label(df):
+        return {name for names in label_sets(df["label"]) for name in names}
+    return set(df["label"])
+
+
+def label_counts(df: pd.DataFrame, labels=None) -> dict:
+    """Texts per label (a text with a label set counts once for each of its labels), in `labels`' order or sorted."""
+    if is_multi_label(df):
+        counted = pd.Series([n for names in label_sets(df["label"]) for n in names], dtype=object).value_counts()
+    else:
+        counted = df["label"].value_counts()
+    names = labels if labels is not None else sorted(counted.index)
+    return {str(k): int(counted.get(k, 0)) for k in names}
+
+
+def multi_label_frame(df: pd.DataFrame, lcol, delimiter: str | None) -> pd.Series | None:
+    """The label column as label sets: split at `delimiter` (an empty cell: no labels), or a JSON list per cell;
+    None when it holds single labels."""
+    if delimiter is not None:
+        return df[lcol].map(lambda c: label_set_string(str(c).split(delimiter)) if c == c and c is not None else "[]")
+    return _list_column(df[lcol])
+
+
+def indicator_labels(df: pd.DataFrame, columns: list[str], path) -> pd.Series:
+    """Label sets from 0/1 columns (one per label; 1/true/yes marks the label)."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise LlmclfError(f"{path}: no label column {missing[0]!r}; columns are {', '.join(map(str, df.columns))}")
+    marks = df[columns].astype(str).apply(lambda col: col.str.strip().str.lower().isin(["1", "1.0", "true", "yes"]))
+    return pd.Series([label_set_string(c for c, on in zip(columns, row) if on) for row in marks.to_numpy()],
+                     index=df.index, dtype=object)
 
 
 def _lengths(values: pd.Series) -> pd.Series:
@@ -286,9 +373,11 @@ def _pair_texts(df: pd.DataFrame, tcol, pcol, path) -> pd.Series:
 
 
 def read_table(path, text_column: str | None = None, label_column: str | None = None,
-               text_pair_column: str | None = None) -> pd.DataFrame:
+               text_pair_column: str | None = None, label_delimiter: str | None = None,
+               label_columns: list[str] | None = None) -> pd.DataFrame:
     """A CSV, TSV or JSONL file as DataFrame(text, label) with string labels, the columns chosen said in one line.
-    With text_pair_column, `text` holds each row's two texts joined (tokenizer.join_pair).
+    With text_pair_column, `text` holds each row's two texts joined (tokenizer.join_pair). Label sets (multi-label:
+    a column of JSON lists, a column split at label_delimiter, or 0/1 label_columns) become canonical JSON lists.
 
     Columns: the user's, else the first of TEXT_COLUMNS / LABEL_COLUMNS present (case-insensitive), else by
     content (`_choose_columns`); whether row 0 is a header is judged by content (`_has_header`), so the
@@ -298,7 +387,7 @@ def read_table(path, text_column: str | None = None, label_column: str | None = 
     self_named = path.suffix.lower() in SELF_NAMED or path.is_dir()  # columns carry their names
     df = read_frame(path, header=0 if self_named else None)
     if not self_named and len(df):
-        named = text_column is not None or label_column is not None or text_pair_column is not None
+        named = any(x is not None for x in (text_column, label_column, text_pair_column, label_columns))
         df = _apply_header(df, named or len(df) < 2 or _has_header(df, path.suffix.lower() != ".csv"))
     if df.empty or df.shape[1] < 2 + (text_pair_column is not None):
         raise LlmclfError(f"{path}: need a text column{' and a pair column' if text_pair_column else ''} and a label "
@@ -306,17 +395,39 @@ def read_table(path, text_column: str | None = None, label_column: str | None = 
     if text_pair_column is not None and text_pair_column == text_column:
         raise LlmclfError(f"{path}: --text-pair-column {text_pair_column!r} is the text column; the pair needs two")
     pcol = _find(df.columns, text_pair_column, [], "text pair", path) if text_pair_column is not None else None
-    tcol, lcol = _choose_columns(df.drop(columns=[pcol]) if pcol is not None else df, text_column, label_column, path)
+    tcol, lname, labels = _text_and_labels(df, text_column, label_column, pcol, label_delimiter, label_columns, path)
     text = df[tcol] if pcol is None else _pair_texts(df, tcol, pcol, path)
-    out = clean_frame(pd.DataFrame({"text": text.values, "label": df[lcol].values}), str(path))
-    columns = {"text": str(tcol), **({"text_pair": str(pcol)} if pcol is not None else {}), "label": str(lcol)}
+    out = clean_frame(pd.DataFrame({"text": text.values, "label": labels.values}), str(path))
+    columns = {"text": str(tcol), **({"text_pair": str(pcol)} if pcol is not None else {}), "label": lname}
     out.attrs["read"] = {"file": str(path), "rows": len(df), "columns": columns,
                          "header": isinstance(tcol, str), **out.attrs.get("read", {})}
-    _refuse_unique_labels(out, lcol, path)
+    multi = is_multi_label(out)
+    if not multi:
+        _refuse_unique_labels(out, lname, path)
     header = "" if isinstance(tcol, str) else "no header row; "
     pair = f", pair {_column(pcol)}" if pcol is not None else ""
-    warn(f"{path}: {header}text {_column(tcol)}{pair}, label {_column(lcol)} ({out['label'].nunique()} classes)")
+    classes = f"{len(labels_in(out))} labels, several per text" if multi else f"{out['label'].nunique()} classes"
+    shown = f"label {_column(lname)}" if not label_columns else (
+        f"label columns {', '.join(map(str, label_columns[:3]))}{', ...' if len(label_columns) > 3 else ''}")
+    warn(f"{path}: {header}text {_column(tcol)}{pair}, {shown} ({classes})")
     return out
+
+
+def _text_and_labels(df: pd.DataFrame, text_column, label_column, pcol, delimiter, label_columns, path) -> tuple:
+    """(text column, label column name(s), labels): label sets where the options or the cells say so."""
+    for c in df.columns:  # list cells (Parquet, JSON lines, datasets' Sequence) as canonical strings
+        first = df[c].dropna().head(1)
+        if len(first) and isinstance(first.iloc[0], (list, tuple, np.ndarray)):
+            df[c] = _list_column(df[c])
+    if label_columns:
+        labels = indicator_labels(df, label_columns, path)
+        rest = df.drop(columns=[*label_columns, *([pcol] if pcol is not None else [])])
+        tcol = _find(rest.columns, text_column, TEXT_COLUMNS, "text", path) or max(
+            rest.columns, key=lambda c: _mean_length(rest[c]))
+        return tcol, ",".join(map(str, label_columns)), labels
+    tcol, lcol = _choose_columns(df.drop(columns=[pcol]) if pcol is not None else df, text_column, label_column, path)
+    sets = multi_label_frame(df, lcol, delimiter)
+    return tcol, lcol, df[lcol] if sets is None else sets
 
 
 def clean_frame(df: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -447,8 +558,13 @@ def stratified_split(df: pd.DataFrame, train_frac: float, validation_frac: float
 
 
 def label_names(df: pd.DataFrame) -> list[str]:
-    """Sorted label names (integers sorted numerically); their index is the class id (ham=0, spam=1)."""
-    names = list(df["label"].unique())
+    """Sorted label names (integers sorted numerically); their index is the class id (ham=0, spam=1). For label
+    sets, every label any text carries."""
+    return sorted_names(labels_in(df))
+
+
+def sorted_names(names) -> list[str]:
+    names = list(names)
     try:
         return [str(x) for x in sorted(names, key=int)]
     except ValueError:
@@ -464,6 +580,11 @@ class PreparedData:
     source: str
     class_counts: dict
     read: dict = field(default_factory=dict)  # per file read: rows, rows skipped and why, the columns used
+
+    @property
+    def multi_label(self) -> bool:
+        """Each text carries a set of labels (sigmoid outputs, binary cross-entropy, a threshold per label)."""
+        return is_multi_label(self.train)
 
 
 def _refuse_tiny_classes(counts: dict, need: int, source: str) -> None:
@@ -481,22 +602,27 @@ def _refuse_tiny_classes(counts: dict, need: int, source: str) -> None:
 def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7, 0.1), seed: int = 123,
                  need_test: bool = True, balance_ratio: float = 1.0, stratify: bool = False) -> PreparedData:
     """Balance (if asked) and split at random (`stratify`: per class); `need_test` False: the test split is the
-    user's own file."""
-    counts = {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
+    user's own file. Label sets (multi-label) are never balanced or stratified: a text carries several classes."""
+    multi = is_multi_label(df)
+    counts = label_counts(df)
     if len(counts) < 2:
         raise LlmclfError(f"{source}: need at least two classes, found {len(counts)} ({', '.join(counts)})")
     train_frac, val_frac = split
     if not (0 < train_frac <= 1 and 0 <= val_frac < 1 and train_frac + val_frac <= 1 + 1e-9
             and (train_frac + val_frac < 1 or not need_test)):
         raise LlmclfError(f"--split {train_frac} {val_frac}: need 0 < train < 1, 0 <= validation, train + validation < 1")
+    if multi and stratify:
+        raise LlmclfError(f"{source}: --stratify splits single labels; these texts carry label sets (multi-label)")
     _refuse_tiny_classes(counts, 1 + need_test + (val_frac > 0), source)
-    if balance:
+    if balance and not multi:
         df = create_balanced_dataset(df, seed, balance_ratio)
+    elif balance:
+        warn(f"{source}: multi-label: every text kept (balancing undersamples single classes)")
     train, val, test = (stratified_split if stratify else random_split)(df, train_frac, val_frac, seed)
     if len(train) < 2 or (need_test and len(test) < 1):
         raise LlmclfError(f"{source}: too few rows ({len(df)}) for a train/validation/test split")
     labels = label_names(df)
-    _refuse_tiny_classes({k: int((train["label"] == k).sum()) for k in labels}, 1, f"{source} (training split)")
+    _refuse_tiny_classes(label_counts(train, labels), 1, f"{source} (training split)")
     return PreparedData(train, val, test, labels, source, counts)
 
 
@@ -523,7 +649,7 @@ def _unlabelled(split_dir: Path) -> bool:
     the memory-mapped Arrow columns, no DataFrame built."""
     import pyarrow.compute as pc
 
-    table, class_labels = _saved_table(split_dir)
+    table, class_labels, _ = _saved_table(split_dir)
     return bool(class_labels) and all(pc.all(pc.equal(table[name], -1)).as_py() for name in class_labels)
 
 
@@ -540,7 +666,8 @@ def unpair_frame(df: pd.DataFrame, pair: bool) -> pd.DataFrame:
 
 def read_columns(path, opts) -> pd.DataFrame:
     """read_table with the run's column options."""
-    return read_table(path, opts.text_column, opts.label_column, opts.text_pair_column)
+    return read_table(path, opts.text_column, opts.label_column, opts.text_pair_column, opts.label_delimiter,
+                      opts.label_columns.split(",") if opts.label_columns else None)
 
 
 def load_data(opts):
@@ -585,7 +712,7 @@ def data_report(data: PreparedData, tokenizer, max_length: int, balanced: bool) 
     splits = {s: getattr(data, s) for s in ("train", "validation", "test")}
     return {"source": data.source, "read": data.read, "labels": data.labels,
             "class_counts_before_balancing": data.class_counts, "balanced": balanced, "max_length": max_length,
-            "splits": {s: {"rows": len(df), "class_counts": {lab: int((df["label"] == lab).sum()) for lab in data.labels},
+            "splits": {s: {"rows": len(df), "class_counts": label_counts(df, data.labels),
                            "tokens": token_lengths(df["text"].tolist(), tokenizer, max_length)}
                        for s, df in splits.items()}}
 
@@ -599,9 +726,17 @@ def prepare_given_splits(df: pd.DataFrame, frames: dict, source: str, files: dic
     carve_test = 0.0 if "test" in frames else 1.0 - train_frac - val_frac
     base = prepare_data(df, source, balance, (1.0 - carve_val - carve_test, carve_val), seed,
                         need_test=carve_test > 0, balance_ratio=balance_ratio, stratify=stratify)
+    if base.multi_label:  # a label only a given split carries is still a label: kept, and said so
+        unseen = sorted(set().union(*(labels_in(f) for f in frames.values() if is_multi_label(f))) - set(base.labels))
+        if unseen:
+            warn(f"{source}: label(s) {', '.join(unseen[:5])} carried by no training text: kept, never learnt")
+            base.labels = sorted_names([*base.labels, *unseen])
     carved = {"validation": base.validation, "test": base.test}
     for split_name, frame in frames.items():
-        unknown = sorted(set(frame["label"]) - set(base.labels))
+        if is_multi_label(frame) != is_multi_label(base.train):
+            raise LlmclfError(f"{files[split_name]}: {'label sets' if is_multi_label(frame) else 'single labels'}, "
+                              f"unlike the training data")
+        unknown = sorted(labels_in(frame) - set(base.labels))
         if unknown:
             raise LlmclfError(f"{files[split_name]}: labels {unknown[:5]} are not in the training data "
                               f"({', '.join(base.labels)})")
@@ -617,26 +752,33 @@ class ClassificationDataset(torch.utils.data.Dataset):
     """Token ids (unpadded, truncated to max_length) and class ids of a split.
 
     max_length defaults to the longest encoded text (at most `limit`, the model's context), as the book's
-    SpamDataset; padding happens per batch.
+    SpamDataset; padding happens per batch. With a tokenizer reading long texts as windows, each row is one
+    window labelled with its text's class (training sees every window); `owner` maps rows to texts and
+    `text_targets` holds one class per text (evaluation combines a text's windows, `combine_windows`).
     """
 
     def __init__(self, df: pd.DataFrame, tokenizer, labels: list[str], max_length: int | None = None,
                  limit: int | None = None):
         index = {name: i for i, name in enumerate(labels)}
-        unknown = sorted(set(df["label"]) - set(index))
+        unknown = sorted(labels_in(df) - set(index))
         if unknown:
             raise LlmclfError(f"labels {unknown[:5]} were not seen in training (known: {', '.join(labels)})")
         self.texts = list(df["text"])
-        self.targets = [index[x] for x in df["label"]]
+        self.text_targets = targets_of(df, labels)
         self._source = (df, tokenizer, labels)
-        encoded = tokenizer.encode_batch(self.texts, max_length or limit)
+        self.owner = None
+        if max_length is not None and getattr(tokenizer, "long_texts", "cut") == "windows":
+            encoded, self.owner = tokenizer.encode_windows(self.texts, max_length)
+        else:
+            encoded = tokenizer.encode_batch(self.texts, max_length or limit)
         self.max_length = max_length if max_length is not None else max(map(len, encoded))
         self.encoded = [e[: self.max_length] or [tokenizer.pad_id] for e in encoded]
+        self.targets = self.text_targets if self.owner is None else [self.text_targets[i] for i in self.owner]
         self.pad_id = tokenizer.pad_id
 
     def with_max_length(self, max_length: int) -> "ClassificationDataset":
         """The same split at another max_length; re-tokenized only if that truncates some text."""
-        if max_length >= max(map(len, self.encoded)):  # nothing gets cut: the token ids are the same
+        if max_length >= max(map(len, self.encoded)) and self.owner is None:  # nothing gets cut: the same ids
             same = copy.copy(self)
             same.max_length = max_length
             return same
@@ -647,6 +789,32 @@ class ClassificationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.encoded[i], self.targets[i]
+
+
+def targets_of(df: pd.DataFrame, labels: list[str]) -> list:
+    """Class ids of a frame's labels, or for label sets 0/1 rows (one column per label: BCE's targets)."""
+    index = {name: i for i, name in enumerate(labels)}
+    if not is_multi_label(df):
+        return [index[x] for x in df["label"]]
+    rows = []
+    for names in label_sets(df["label"]):
+        row = [0.0] * len(labels)
+        for n in names:
+            row[index[n]] = 1.0
+        rows.append(row)
+    return rows
+
+
+def combine_windows(logits: torch.Tensor, owner: list[int] | None, n: int | None = None) -> torch.Tensor:
+    """Per-window logits (W, C) -> per-text log-probabilities (N, C): the mean of a text's windows'
+    probabilities (a text is as likely a class as its windows say on average). owner None: unchanged."""
+    if owner is None:
+        return logits
+    idx = torch.as_tensor(owner, dtype=torch.long)
+    n = int(idx.max()) + 1 if n is None else n
+    probs = torch.zeros(n, logits.shape[-1], dtype=torch.float64).index_add_(0, idx, torch.softmax(logits.double(), -1))
+    counts = torch.bincount(idx, minlength=n).clamp_min(1).unsqueeze(-1)
+    return torch.log(probs / counts).to(logits.dtype)
 
 
 SpamDataset = ClassificationDataset  # the book's name

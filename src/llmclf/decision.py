@@ -156,6 +156,7 @@ class Decision:
     threshold: float | None = None  # two classes: `positive` when its calibrated probability >= threshold
     positive: int = 1
     target: str = "argmax"
+    thresholds: tuple | None = None  # multi-label: label i is on when its sigmoid probability >= thresholds[i]
 
     def calibrate(self, probs) -> np.ndarray:
         return calibrate(probs, self.temperature) if self.temperature != 1.0 else np.asarray(probs, dtype=np.float64)
@@ -168,9 +169,30 @@ class Decision:
         other = 1 - self.positive
         return np.where(p[:, self.positive] >= self.threshold, self.positive, other)
 
+    def choose_sets(self, probs) -> np.ndarray:
+        """Multi-label: which labels each row of sigmoid probabilities carries (bool, rows x labels)."""
+        return np.asarray(probs, dtype=np.float64) >= np.asarray(self.thresholds)[None, :]
+
     def to_config(self) -> dict:
         return {"temperature": self.temperature, "threshold": self.threshold, "positive": self.positive,
-                "target": self.target}
+                "target": self.target, **({"thresholds": list(self.thresholds)} if self.thresholds is not None else {})}
+
+
+def choose_label_thresholds(probs, targets, grid=np.round(np.arange(0.05, 0.951, 0.05), 2)) -> list[float]:
+    """Multi-label: each label's threshold on the 0.05 grid with the best F1 of that label on these (validation)
+    rows; ties go to the threshold nearest 0.5, and a label never seen there keeps 0.5."""
+    p, y = np.asarray(probs, dtype=np.float64), np.asarray(targets) > 0.5
+    chosen = []
+    for j in range(p.shape[1]):
+        if not y[:, j].any():
+            chosen.append(0.5)
+            continue
+        pred = p[:, j][None, :] >= grid[:, None]
+        tp = (pred & y[:, j]).sum(1)
+        f1 = 2 * tp / np.maximum(pred.sum(1) + y[:, j].sum(), 1)
+        best = np.flatnonzero(np.isclose(f1, f1.max()))
+        chosen.append(float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]]))
+    return chosen
 
 
 def load_decision(cfg: dict, where) -> Decision:
@@ -182,8 +204,12 @@ def load_decision(cfg: dict, where) -> Decision:
     def bad(what):
         raise LlmclfError(f"{where}: field 'decision' {what}")
 
-    if not isinstance(d, dict) or set(d) != {"temperature", "threshold", "positive", "target"}:
-        bad("must be an object with temperature, threshold, positive and target")
+    if not isinstance(d, dict) or set(d) - {"thresholds"} != {"temperature", "threshold", "positive", "target"}:
+        bad("must be an object with temperature, threshold, positive and target (and thresholds)")
+    ths = d.get("thresholds")
+    if ths is not None and not (isinstance(ths, list) and len(ths) == cfg.get("num_classes") and all(
+            not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x <= 1 for x in ths)):
+        bad("has thresholds that are not one probability per label")
     t, th, pos = d["temperature"], d["threshold"], d["positive"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.05 - 1e-9 <= t <= 20 + 1e-9:
         bad(f"has temperature {json.dumps(t)}: must be a number from 0.05 to 20")
@@ -195,4 +221,5 @@ def load_decision(cfg: dict, where) -> Decision:
         bad(f"has positive {json.dumps(pos)}: must be a class index")
     if not isinstance(d["target"], str):
         bad("has a target that is not a string")
-    return Decision(float(t), None if th is None else float(th), pos, d["target"])
+    return Decision(float(t), None if th is None else float(th), pos, d["target"],
+                    None if ths is None else tuple(float(x) for x in ths))

@@ -52,6 +52,9 @@ def export_onnx(run_dir, out) -> Path:
     out = _new_dir(out)
     model, tokenizer, cfg, directory = load_classifier_parts(Path(run_dir))
     decision = load_decision(cfg, Path(directory) / "config.json")
+    if decision.thresholds is not None:
+        raise LlmclfError("cannot export to ONNX: a multi-label classifier (sigmoid per label, a threshold each); "
+                          "the graph gives softmax probabilities and one label")
     if cfg.get("blend") is not None:
         raise LlmclfError("cannot export to ONNX: the saved classifier blends the LLM with TF-IDF, which the graph "
                           "cannot hold (train with --blend off, or run it in llmclf with --backend onnx)")
@@ -78,6 +81,9 @@ def onnx_card(cfg: dict, tokenizer, decision, pooling: str) -> dict:
             "text_pairs": {"separator_id": tokenizer.eos_id, "how": "first's ids + [separator_id] + second's ids, the "
                            "longer cut first until they fit max_length (the shorter kept whole if it fits in half)"}
             if tokenizer.pair else None,
+            "long_texts": {"how": tokenizer.long_texts, "windows": "overlapping windows of max_length tokens, half a "
+                           "window apart, at most 16; the text's probabilities are the mean of its windows'"
+                           if tokenizer.long_texts == "windows" else None},
             "empty_text": "one pad_id token", "decision": decision.to_config()}
 
 
@@ -120,7 +126,9 @@ def _write_new_dir(out: Path, write) -> Path:
 
 def _refuse_what_hf_cannot_hold(model, tokenizer, cfg, decision) -> None:
     why = None
-    if model.backbone.cfg.arch != "gpt2":
+    if decision.thresholds is not None:
+        why = "a multi-label classifier: a threshold per label, which transformers' pipeline does not apply"
+    elif model.backbone.cfg.arch != "gpt2":
         why = ("transformers' LlamaForSequenceClassification has a bias-free head and RMSNorm no shift to absorb "
                "our head's bias; only GPT-2 classifiers export for now")
     elif model.pooling != "last_nonpad":
@@ -134,6 +142,9 @@ def _refuse_what_hf_cannot_hold(model, tokenizer, cfg, decision) -> None:
                "--operating-point argmax)")
     elif tokenizer.append_eos:
         why = "--append-eos: transformers' GPT-2 tokenizer does not append the end-of-text token"
+    elif tokenizer.long_texts != "cut":
+        why = (f"--long-texts {tokenizer.long_texts}: transformers' tokenizer cuts a long text at its end "
+               "(export --format onnx keeps it)")
     elif tokenizer.pair:
         why = ("a text-pair classifier: transformers' GPT-2 tokenizer joins a pair with no separator, llmclf with "
                "<|endoftext|> (export --format onnx keeps it)")

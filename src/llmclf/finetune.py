@@ -27,12 +27,14 @@ from .atomic import atomic_write_text
 from .compact import base_identity
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .classifier import TextClassifier, count_parameters, set_trainable
-from .baseline import beside_run, probability_metrics
+from .baseline import beside_multilabel_run, beside_run, probability_metrics
 from .blend import TfidfBlend, choose_weight, mix
-from .data import ClassificationDataset, data_report, load_data, unpair_frame
-from .decision import BINNING, Decision, calibrate, calibration_scores, choose_threshold, fit_temperature, rates
+from .data import ClassificationDataset, data_report, load_data, targets_of, unpair_frame
+from .decision import (BINNING, Decision, calibrate, calibration_scores, choose_label_thresholds, choose_threshold,
+                       fit_temperature, rates)
 from .errors import LlmclfError
-from .metrics import classification_metrics, plot_reliability, plot_roc_pr, plot_values, predict_loader
+from .metrics import (classification_metrics, multilabel_metrics, plot_reliability, plot_roc_pr, plot_values,
+                      predict_loader)
 from .run_report import write_run_report
 from .tensorboard_log import TensorBoardLog, check_available as check_tensorboard
 from .options import AUTO_CONTEXT, FinetuneOptions, check_options
@@ -40,7 +42,7 @@ from .outdir import check_output_dir, prepare_output_dir
 from .weights import load_backbone, pretrained_head
 from .version import __version__
 from .train import (KeepBest, LrSchedule, Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
-                    steps_per_epoch, train_classifier_simple)
+                    per_text, steps_per_epoch, train_classifier_simple)
 
 
 def _log(opts):
@@ -107,6 +109,7 @@ def build_classifier(opts, labels):
     backbone, tokenizer, name = load_backbone(opts.model, opts.weights, opts.tokenizer_dir)
     tokenizer.append_eos = opts.append_eos
     tokenizer.pair = opts.text_pair_column is not None
+    tokenizer.long_texts = opts.long_texts
     torch.manual_seed(opts.seed)  # the book seeds before creating the class head
     model = TextClassifier(backbone, len(labels), opts.pooling, opts.causal)
     head = pretrained_head(opts.model, labels) if opts.weights == "pretrained" else None
@@ -365,6 +368,13 @@ def lr_schedule(o: FinetuneOptions, n_batches: int) -> LrSchedule | None:
     return LrSchedule(o.lr, o.epochs * steps_per_epoch(n_batches, o.grad_accum), o.warmup, o.schedule)
 
 
+def windows_info(datasets: dict) -> dict:
+    """--long-texts windows: how many windows each split's texts became (what training and evaluation read)."""
+    if all(d.owner is None for d in datasets.values()):
+        return {}
+    return {"windows": {s: len(d) for s, d in datasets.items()}}
+
+
 def evaluate(job: Job, model, loaders, parallel, num_classes: int) -> tuple[dict, dict]:
     """(metrics, logits) over the whole of each split (under torchrun each rank predicts its slices, then they
     are gathered); only rank 0 holds them. The logits (float32, CPU) are what a blend is chosen from."""
@@ -374,6 +384,7 @@ def evaluate(job: Job, model, loaders, parallel, num_classes: int) -> tuple[dict
         full.drop_last = False
         with job.amp():
             logits, targets = predict_loader(full, model) if parallel is None else gather_predictions(full, model)[:2]
+            logits, targets = per_text(full, logits, targets)  # --long-texts windows: a text's windows combined
         if job.main:
             metrics[split] = classification_metrics(logits, targets, num_classes, with_curves=split == "test")
             all_logits[split] = logits.float().cpu()
@@ -393,6 +404,24 @@ def misclassified(test, probs, pred, labels) -> pd.DataFrame:
     return rows.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
 
 
+def misclassified_sets(test, probs, decision: Decision, labels) -> pd.DataFrame:
+    """errors.csv for label sets: the test texts whose predicted set differs from the true one, with both sets
+    and the labels missed and added, the most wrong first."""
+    true = np.array(targets_of(test, labels)).reshape(len(test), -1) > 0.5
+    pred = decision.choose_sets(probs)
+    wrong = np.flatnonzero((pred != true).any(1))
+
+    def names(row):
+        return json.dumps([lab for lab, on in zip(labels, row) if on], ensure_ascii=False)
+
+    rows = pd.DataFrame({"text": test["text"].to_numpy()[wrong], "label": [names(true[i]) for i in wrong],
+                         "predicted": [names(pred[i]) for i in wrong],
+                         "missed": [names(true[i] & ~pred[i]) for i in wrong],
+                         "added": [names(pred[i] & ~true[i]) for i in wrong],
+                         "wrong_labels": (pred != true)[wrong].sum(1)})
+    return rows.sort_values("wrong_labels", ascending=False, kind="stable").reset_index(drop=True)
+
+
 def saved_probabilities(logits: dict, blend, data) -> dict:
     """The saved classifier's class probabilities (float64) per split, before calibration: the LLM's, or its
     blend with TF-IDF."""
@@ -401,6 +430,21 @@ def saved_probabilities(logits: dict, blend, data) -> dict:
         p = torch.softmax(lg.double(), -1).numpy()
         out[split] = blend.apply(p, getattr(data, split)["text"].tolist()) if blend is not None else p
     return out
+
+
+def check_multi_label(job: Job, data) -> None:
+    """Label sets: refuse the options that choose among single classes; say what the run does instead."""
+    o = job.opts
+    if not data.multi_label:
+        return
+    refused = [(o.operating_point != "argmax", f"--operating-point {o.operating_point}"),
+               (o.sampler == "balanced", "--sampler balanced"), (o.class_weights, "--class-weights"),
+               (o.blend == "tfidf", "--blend tfidf"), (o.long_texts == "windows", "--long-texts windows")]
+    for bad, what in refused:
+        if bad:
+            raise LlmclfError(f"{what} is for single-label data; {data.source} gives each text a set of labels")
+    job.log(f"multi-label: {len(data.labels)} labels; sigmoid outputs, binary cross-entropy, a threshold per label "
+            "chosen on validation (no calibration, no TF-IDF blend)")
 
 
 def positive_class(opts, labels) -> int:
@@ -461,9 +505,26 @@ def choose_operating_point(job: Job, calibrated: dict, targets: dict, labels, po
     return threshold, section
 
 
+def choose_label_decision(job: Job, data, logits: dict, targets: dict):
+    """Multi-label, rank 0: one threshold per label chosen on validation (its best F1); the splits' metrics at
+    those thresholds (the saved classifier's), and at 0.5 beside them."""
+    probs = {s: torch.sigmoid(lg.double()).numpy() for s, lg in logits.items()}
+    y_val = targets["validation"]
+    thresholds = choose_label_thresholds(probs["validation"], y_val) if len(y_val) else [0.5] * len(data.labels)
+    sections = {s: multilabel_metrics(p, targets[s], thresholds) for s, p in probs.items() if len(targets[s])}
+    sections["at_0.5"] = {s: multilabel_metrics(p, targets[s]) for s, p in probs.items() if len(targets[s])}
+    sections["thresholds"] = dict(zip(data.labels, thresholds))
+    job.log("multi-label: thresholds per label chosen on validation (best F1): "
+            + ", ".join(f"{lab} {t:.2f}" for lab, t in list(sections["thresholds"].items())[:8])
+            + (", ..." if len(thresholds) > 8 else ""))
+    return Decision(thresholds=tuple(thresholds)), sections, probs
+
+
 def choose_decision(job: Job, data, logits: dict, blend, targets: dict, positive: int):
     """Rank 0: (the saved classifier's decision rule, what metrics.json says of it, the calibrated
     probabilities per split)."""
+    if data.multi_label:
+        return choose_label_decision(job, data, logits, targets)
     probs = saved_probabilities(logits, blend, data)
     temperature, cal = fit_calibration(job, probs, targets)
     calibrated = {s: calibrate(p, temperature) for s, p in probs.items()}
@@ -501,12 +562,14 @@ def save_run(job: Job, model, tokenizer, metrics: dict, state: TrainState, label
                     base=None if job.opts.standalone else base_identity(job.opts.model, job.opts.weights),
                     extra={"train_metrics": {s: metrics[s] for s in ("train", "validation", "test")},
                            "decision": (decision or Decision()).to_config(),
+                           **({"multi_label": True} if decision is not None and decision.thresholds else {}),
                            **({"text_pair": {"text_column": job.opts.text_column,
                                              "text_pair_column": job.opts.text_pair_column}} if job.pair else {})})
     write_run_report(job.out, metrics)
     atomic_write_text(job.out / "metrics.json", json.dumps(metrics, indent=2))
     (job.out / CHECKPOINT).unlink(missing_ok=True)
-    job.log(f"test accuracy {metrics['test']['accuracy'] * 100:.2f}%  (train {metrics['train_seconds']:.1f}s) "
+    kind = "subset accuracy" if metrics["test"].get("multi_label") else "accuracy"
+    job.log(f"test {kind} {metrics['test']['accuracy'] * 100:.2f}%  (train {metrics['train_seconds']:.1f}s) "
             f"-> {job.out}")
     if blend is not None:
         b = metrics["blend"]
@@ -521,7 +584,7 @@ def compare_with_baseline(job: Job, metrics: dict, base: dict) -> dict:
     base["wins_on_validation"] = bool(theirs is not None and ours is not None and theirs > ours)
     job.log(f"baseline {base['model']} on the same split: validation macro-F1 {theirs:.4f} (this run {ours:.4f}), "
             f"test accuracy {base['test']['accuracy'] * 100:.2f}% (this run {metrics['test']['accuracy'] * 100:.2f}%)")
-    if base["wins_on_validation"] and job.opts.blend != "off":
+    if base["wins_on_validation"] and job.opts.blend != "off" and not (metrics["test"] or {}).get("multi_label"):
         job.log(f"note: {base['model']} beats the LLM alone on validation; the blend below weighs the two on it")
     elif base["wins_on_validation"]:
         job.log(f"note: {base['model']} beats this run on validation; for this data it is the better classifier "
@@ -553,6 +616,10 @@ def baseline_and_blend(job: Job, data, metrics: dict, logits: dict):
     opts = job.opts
     if not job.main or not (opts.baseline or opts.blend != "off"):
         return None
+    if data.multi_label:  # no blend for label sets; the baseline is compared once the thresholds are chosen
+        if opts.baseline:
+            metrics["baseline"] = beside_multilabel_run(data, opts.seed)
+        return None
     base, kept = beside_run(data, opts.seed, keep=True)
     if opts.baseline:
         metrics["baseline"] = compare_with_baseline(job, metrics, base)
@@ -575,6 +642,18 @@ def run_summary(job: Job, data, model_name: str, info: dict, clock: Clock) -> di
     return summary
 
 
+def decide(job: Job, data, datasets: dict, metrics: dict, logits: dict, blend, positive: int):
+    """Rank 0: (the saved decision rule, errors.csv's rows); metrics gets what is said of the decision."""
+    targets = {s: np.asarray(d.text_targets) for s, d in datasets.items()}
+    decision, sections, calibrated = choose_decision(job, data, logits, blend, targets, positive)
+    metrics.update(sections)
+    if data.multi_label and "baseline" in metrics:  # both at thresholds chosen on validation
+        metrics["baseline"] = compare_with_baseline(job, metrics, metrics["baseline"])
+    errors = (misclassified_sets(data.test, calibrated["test"], decision, data.labels) if data.multi_label
+              else misclassified(data.test, calibrated["test"], decision.choose(calibrated["test"]), data.labels))
+    return decision, unpair_frame(errors, job.pair)
+
+
 def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) -> dict:
     """Run the whole job, the chapter's steps in order; returns the metrics written to RUN_DIR/metrics.json.
     `cache_store` (a `train.PrefixCacheStore`): reuse frozen-prefix caches across runs in this process."""
@@ -584,14 +663,16 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
     distributed.init()
     job = setup(opts, resuming)
     data = distributed.agree(lambda: load_data(opts))
+    check_multi_label(job, data)
     positive = positive_class(opts, data.labels)
     t_start = time.perf_counter()  # data ready: train_seconds runs from here to the final metrics
+    balanced = opts.balance and not data.multi_label  # label sets are never undersampled
     job.log(f"data: {data.source}; class counts {data.class_counts}; "
-            f"{'balanced, ' if opts.balance else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
+            f"{'balanced, ' if balanced else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
     model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, data.labels))
     model.to(job.device)
     datasets, max_length = tokenize_splits(job, data, model, tokenizer)
-    report = data_report(data, tokenizer, max_length, opts.balance) if job.main else {}
+    report = data_report(data, tokenizer, max_length, balanced) if job.main else {}
     say_cuts(job, report)
     run_dir = None if resuming else distributed.from_main(lambda: prepare_output_dir(job.out, "run", opts.overwrite))
     try:
@@ -616,14 +697,9 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         metrics.update(run_summary(job, data, model_name, {
             "examples_seen": examples_seen, "kept": kept_section(opts, state), "trainable_parameters": n_trainable,
             "max_length": max_length,
-            "num_examples": {s: len(d) for s, d in datasets.items()}, **cache_info}, clock))
-        decision = errors = None
-        if job.main:
-            targets = {s: np.asarray(d.targets) for s, d in datasets.items()}
-            decision, sections, calibrated = choose_decision(job, data, logits, blend, targets, positive)
-            metrics.update(sections)
-            errors = misclassified(data.test, calibrated["test"], decision.choose(calibrated["test"]), data.labels)
-            errors = unpair_frame(errors, job.pair)
+            "num_examples": {s: len(d.text_targets) for s, d in datasets.items()}, **windows_info(datasets),
+            **cache_info}, clock))
+        decision, errors = decide(job, data, datasets, metrics, logits, blend, positive) if job.main else (None, None)
         save_run(job, model, tokenizer, metrics, state, data.labels, max_length, blend, errors, decision)
         return distributed.broadcast_object(metrics if job.main else None)  # no rank returns before rank 0 is done
     except TrainingInterrupted:

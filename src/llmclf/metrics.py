@@ -9,9 +9,25 @@ import torch.nn.functional as F
 from .decision import rates
 
 
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, weight=None, reduction: str = "mean"):
+    """Cross-entropy over the classes; for 0/1 label rows (multi-label) binary cross-entropy of each label's
+    logit, averaged over the labels (each label is a yes/no question of its own)."""
+    if targets.is_floating_point():
+        per_text = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none").mean(-1)
+        return per_text.mean() if reduction == "mean" else per_text.sum()
+    return F.cross_entropy(logits, targets, weight=weight, reduction=reduction)
+
+
+def correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1.0 per text predicted right: the argmax, or for label sets every label at a probability of 0.5."""
+    if targets.is_floating_point():
+        return ((logits > 0) == (targets > 0.5)).all(-1).float()
+    return (logits.argmax(-1) == targets).float()
+
+
 def calc_loss_batch(batch: dict, model, weight=None) -> torch.Tensor:
     """Cross-entropy of one batch (the book's calc_loss_batch: the class comes from one token's logits)."""
-    return F.cross_entropy(model.forward_batch(batch), batch["labels"], weight=weight)
+    return classification_loss(model.forward_batch(batch), batch["labels"], weight=weight)
 
 
 @torch.no_grad()
@@ -30,7 +46,7 @@ def calc_loss_loader(loader, model, num_batches: int | None = None, weight=None)
 @torch.no_grad()
 def calc_accuracy_loader(loader, model, num_batches: int | None = None) -> float:
     logits, targets = predict_loader(loader, model, num_batches)
-    return float((logits.argmax(-1) == targets).float().mean()) if len(targets) else float("nan")
+    return float(correct(logits, targets).mean()) if len(targets) else float("nan")
 
 
 @torch.no_grad()
@@ -60,6 +76,8 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
     y = targets.numpy()
     if len(y) == 0:
         return {"num_examples": 0}
+    if targets.is_floating_point():
+        return multilabel_metrics(torch.sigmoid(logits.double()).numpy(), y)
     probs = torch.softmax(logits.float(), -1).numpy()
     pred = probs.argmax(-1)
     binary = num_classes == 2
@@ -85,6 +103,30 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
         if binary and len(np.unique(y)) == 2:
             out["roc_auc"] = float(roc_auc_score(y, probs[:, 1]))
     return out
+
+
+def multilabel_metrics(probs: np.ndarray, y: np.ndarray, thresholds=None) -> dict:
+    """The metrics of the multi-label field, a label predicted where its probability reaches its threshold (0.5
+    unless given): micro (also precision, recall, f1) and macro F1, subset accuracy (the whole set right; also
+    `accuracy`), Hamming loss
+    (the share of text x label decisions wrong), binary cross-entropy, per-label precision/recall/F1/support."""
+    from sklearn.metrics import f1_score, hamming_loss, precision_recall_fscore_support
+
+    y = np.asarray(y) > 0.5
+    pred = np.asarray(probs) >= (0.5 if thresholds is None else np.asarray(thresholds)[None, :])
+    per_label = zip(*precision_recall_fscore_support(y, pred, average=None, zero_division=0))
+    micro = precision_recall_fscore_support(y, pred, average="micro", zero_division=0)
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+    subset = float((pred == y).all(1).mean())
+    return {"accuracy": subset, "subset_accuracy": subset,
+            "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+            "micro_f1": float(micro[2]), "precision": float(micro[0]), "recall": float(micro[1]),
+            "f1": float(micro[2]),  # the micro averages: every text x label decision weighs the same
+            "hamming_loss": float(hamming_loss(y, pred)),
+            "loss": float(-(y * np.log(p) + (~y) * np.log(1 - p)).mean()),
+            "num_examples": int(len(y)), "multi_label": True,
+            "per_class": [{"precision": float(a), "recall": float(b), "f1": float(c), "support": int(n)}
+                          for a, b, c, n in per_label]}
 
 
 def plot_values(epochs_seen, examples_seen, train_values, val_values, label: str = "loss", path=None):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from .classifier import POOLINGS, TRAINABLE
 from .decision import parse_target
 from .errors import LlmclfError
+from .tokenizer import LONG_TEXTS
 
 
 def opt(default, help: str, **cli):
@@ -49,6 +50,10 @@ class FinetuneOptions:
                                 "after --split's two fractions)")
     text_column: str | None = opt(None, "text column (default: text/message/sms/... or judged by content)")
     label_column: str | None = opt(None, "label column (default: label/class/category/... or judged by content)")
+    label_delimiter: str | None = opt(None, "multi-label: the label column holds several labels separated by this "
+                                      "string (e.g. '|'; an empty cell: no label). A column of JSON lists needs no flag")
+    label_columns: str | None = opt(None, "multi-label: 0/1 columns, one per label, as NAME,NAME,... (a 1 marks the "
+                                    "label)", metavar="NAMES")
     text_pair_column: str | None = opt(None, "a second text column: classify text pairs (entailment, duplicate "
                                        "questions, query/document); the two are joined by the end-of-text token "
                                        "and cut longest-first, keeping part of both")
@@ -66,6 +71,10 @@ class FinetuneOptions:
     tokenizer_dir: str | None = opt(None, "directory holding GPT-2's vocab.bpe and encoder.json (offline use)")
     context_length: str = opt("auto", f"tokens kept per text: auto (the longest training text, at most {AUTO_CONTEXT}: "
                               "bounds what long documents cost) | longest (training set) | model | N")
+    long_texts: str = opt("cut", "a text longer than the context length: cut (keep its start, as the book) | head_tail "
+                          "(keep its first quarter and last three quarters of the tokens) | windows (read it as "
+                          "windows half overlapping, at most 16; train on every window, predict the mean of a text's "
+                          "windows' probabilities); the same in evaluate, predict and serve")
     pooling: str = opt("auto", "what the head reads: the mean over a text's tokens, or one token's output "
                        "(last_nonpad: the last real token) | auto: train mean and last_nonpad on the same frozen "
                        "pass and keep the better on validation macro-F1 (ties: mean); search.csv lists both")
@@ -166,7 +175,7 @@ def choices() -> dict:
             "cache": ("auto", "on", "off"), "dtype": ("auto", "float32", "bfloat16"),
             "dataset": DATASETS, "recipe": tuple(RECIPES),
             "blend": BLENDS, "schedule": SCHEDULES, "sampler": ("shuffle", "balanced"), "keep": ("last", "best"),
-            "keep_metric": KEEP_METRICS}
+            "keep_metric": KEEP_METRICS, "long_texts": LONG_TEXTS}
 
 
 def flag(key: str) -> str:
@@ -212,7 +221,7 @@ def coerce(key: str, value, name: str):
 
 
 DATA_KEYS = ("dataset", "data_file", "train_file", "validation_file", "test_file", "text_column", "label_column",
-             "text_pair_column", "balance", "balance_ratio", "stratify", "split", "seed")
+             "label_delimiter", "label_columns", "text_pair_column", "balance", "balance_ratio", "stratify", "split", "seed")
 MODEL_KEYS = ("model", "weights", "tokenizer_dir")
 
 
@@ -274,6 +283,15 @@ def _check_combinations(opts: FinetuneOptions, name) -> None:
     for key in ("validation_file", "test_file"):
         if getattr(opts, key) and not (opts.train_file or opts.data_file):
             raise LlmclfError(f"{name(key)} needs the training data as a file too: {name('train_file')} FILE")
+    if opts.label_columns and (opts.label_column or opts.label_delimiter):
+        raise LlmclfError(f"{name('label_columns')} names the labels' 0/1 columns: give it without "
+                          f"{name('label_column')} and {name('label_delimiter')}")
+    if (opts.label_columns or opts.label_delimiter) and not (opts.train_file or opts.data_file):
+        raise LlmclfError(f"{name('label_columns' if opts.label_columns else 'label_delimiter')} needs your data as a "
+                          f"file: {name('data_file')} FILE")
+    if opts.text_pair_column and opts.long_texts != "cut":
+        raise LlmclfError(f"{name('long_texts')} {opts.long_texts}: a text pair is cut its own way (longest first); "
+                          "use cut")
     if opts.text_pair_column and not (opts.train_file or opts.data_file):
         raise LlmclfError(f"{name('text_pair_column')} needs your data as a file: {name('data_file')} FILE")
     if opts.fsdp and opts.trainable != "all":

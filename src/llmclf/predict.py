@@ -17,7 +17,7 @@ from . import distributed
 from .artifact import load_classifier_parts
 from .blend import load_blend
 from .decision import Decision, load_decision
-from .data import distinct_sequences, length_sorted_chunks, pad_batch
+from .data import combine_windows, distinct_sequences, length_sorted_chunks, pad_batch
 from .distributed import pick_device
 from .errors import LlmclfError
 from .parallel import map_batches
@@ -41,6 +41,11 @@ class Classifier:
     def max_length(self) -> int:
         return self.config["max_length"]
 
+    @property
+    def multi_label(self) -> bool:
+        """Each text gets a set of labels: sigmoid probabilities, one threshold per label."""
+        return self.decision.thresholds is not None
+
 
 def load_classifier(path, device: str = "auto", backend: str = "torch") -> Classifier:
     """A saved classifier, verified. backend "onnx": its ONNX graph runs in onnxruntime instead of torch (on the
@@ -58,8 +63,14 @@ def load_classifier(path, device: str = "auto", backend: str = "torch") -> Class
     return Classifier(model, tokenizer, cfg, device, load_blend(directory, cfg), decision, backend)
 
 
-def encode_texts(clf: Classifier, texts: list[str]) -> list[list[int]]:
-    return [e or [clf.tokenizer.pad_id] for e in clf.tokenizer.encode_batch(list(texts), clf.max_length)]
+def encode_texts(clf: Classifier, texts: list[str]) -> tuple[list[list[int]], list[int] | None]:
+    """(token lists, owner): one list per text, or with --long-texts windows one per window and the text of each."""
+    tok, owner = clf.tokenizer, None
+    if tok.long_texts == "windows":
+        encoded, owner = tok.encode_windows(list(texts), clf.max_length)
+    else:
+        encoded = tok.encode_batch(list(texts), clf.max_length)
+    return [e or [tok.pad_id] for e in encoded], owner
 
 
 @torch.inference_mode()
@@ -77,7 +88,7 @@ def predict_encoded(clf: Classifier, encoded: list[list[int]], batch_size: int =
         def run(chunk):
             ids, lens = pad_batch([distinct[i] for i in chunk], clf.tokenizer.pad_id, fixed)
             logits = model(ids.to(clf.device), lens.to(clf.device))
-            probs[chunk] = torch.softmax(logits.float(), -1).cpu()
+            probs[chunk] = (torch.sigmoid(logits.float()) if clf.multi_label else torch.softmax(logits.float(), -1)).cpu()
             bar.update()
 
         # On a CPU the batches run side by side, one per core, longest first.
@@ -88,12 +99,22 @@ def predict_encoded(clf: Classifier, encoded: list[list[int]], batch_size: int =
 def predict_texts(clf: Classifier, texts, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
     """Calibrated class probabilities (N, C) in input order: the LLM's, or blended with TF-IDF when the
     classifier has a blend (blend.mix, the same function training chose its weight with), then scaled by the
-    temperature fitted on validation (decision.py)."""
+    temperature fitted on validation (decision.py). Multi-label: each label's sigmoid probability."""
     texts = list(texts)
-    probs = predict_encoded(clf, encode_texts(clf, texts), batch_size, progress).double().numpy()
+    encoded, owner = encode_texts(clf, texts)
+    probs = predict_encoded(clf, encoded, batch_size, progress)
+    if owner is not None:  # a text's windows combined as in training's evaluation
+        probs = torch.exp(combine_windows(probs.log(), owner, len(texts)))  # log p: softmax gives p back
+    probs = probs.double().numpy()
     if clf.blend is not None:
         probs = clf.blend.apply(probs, texts)
     return torch.from_numpy(clf.decision.calibrate(probs)).float()
+
+
+def predicted_sets(clf: Classifier, probs) -> list[list[str]]:
+    """Multi-label: the labels of each row of predict_texts' probabilities, at the thresholds saved with it."""
+    chosen = clf.decision.choose_sets(torch.as_tensor(probs).double().numpy())
+    return [[lab for lab, on in zip(clf.labels, row) if on] for row in chosen]
 
 
 def predicted_classes(clf: Classifier, probs) -> list[int]:

@@ -22,6 +22,7 @@ PLOTS = (("loss.png", "Training and validation loss"), ("accuracy.png", "Trainin
          ("calibration.png", "Reliability on the test split, before and after calibration"),
          ("curves.png", "Test ROC and precision-recall curves, the operating point marked"))
 COLUMNS = ("accuracy", "macro_f1", "precision", "recall", "f1", "balanced_accuracy", "loss")
+LABEL_SET_COLUMNS = ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss", "loss")  # multi-label runs
 TOP_ERRORS = 20
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
@@ -50,13 +51,15 @@ def _table(header, rows, left: int = 1) -> str:
 def metrics_section(m: dict) -> str:
     """Per split: the LLM alone, and the saved blend and the baseline where the run has them."""
     rows = []
+    columns = LABEL_SET_COLUMNS if (m.get("test") or {}).get("multi_label") else COLUMNS
     for split in ("train", "validation", "test"):
         for name, block in (("LLM alone", m.get(split)), ("saved blend", (m.get("blend") or {}).get(split)
                                                            if (m.get("blend") or {}).get("saved") else None),
                             ("TF-IDF + LR", (m.get("baseline") or {}).get(split))):
             if block:
-                rows.append([_e(split), _e(name)] + [_num(block.get(k), k != "loss") for k in COLUMNS])
-    return "<h2>Metrics</h2>" + _table(["split", "model", *COLUMNS], rows, left=2)
+                rows.append([_e(split), _e(name)] + [_num(block.get(k), k not in ("loss", "hamming_loss"))
+                                                     for k in columns])
+    return "<h2>Metrics</h2>" + _table(["split", "model", *columns], rows, left=2)
 
 
 def confusion_section(m: dict) -> str:
@@ -108,9 +111,11 @@ def errors_section(run_dir: Path) -> str:
     if not f.is_file():
         return ""
     df = pd.read_csv(f, dtype={"text": str, "label": str, "predicted": str}, keep_default_na=False)
-    rows = [[_e(r.text), _e(r.label), _e(r.predicted), _num(float(r.probability))] for r in df.head(TOP_ERRORS).itertuples()]
-    return (f"<h2>Top test errors</h2><p class=note>{len(df)} misclassified test texts, the most confident first "
-            f"(all in errors.csv)</p>" + _table(["text", "label", "predicted", "probability"], rows, left=3))
+    score, first = ("wrong_labels", "the most wrong labels first") if "wrong_labels" in df else (
+        "probability", "the most confident first")
+    rows = [[_e(r.text), _e(r.label), _e(r.predicted), _num(getattr(r, score))] for r in df.head(TOP_ERRORS).itertuples()]
+    return (f"<h2>Top test errors</h2><p class=note>{len(df)} misclassified test texts, {first} "
+            f"(all in errors.csv)</p>" + _table(["text", "label", "predicted", score.replace("_", " ")], rows, left=3))
 
 
 def data_section(m: dict) -> str:

@@ -19,16 +19,22 @@ from pathlib import Path
 
 from .errors import LlmclfError
 
+LONG_TEXTS = ("cut", "head_tail", "windows")  # what a text longer than max_length becomes (see _Encoder)
+MAX_WINDOWS = 16  # windows per text at most: a text is read up to about 8.5 x max_length tokens
 PAIR_SEP = "\x1f"  # ASCII unit separator: joins a pair's two texts into the one string the pipeline carries
 GPT2_FILES = {"vocab.bpe": "gpt2-vocab.bpe", "encoder.json": "gpt2-encoder.json"}  # file -> assets entry
 
 
-def _clean(text: str, max_length: int | None = None, longest_token: int = 128) -> str:
+def _clean(text: str, max_length: int | None = None, longest_token: int = 128, tail: bool = False) -> str:
     """Lone surrogates (not encodable as UTF-8) become '?'. With max_length, the text is first cut to
     max_length * longest_token characters: the first max_length tokens never span more (a token covers at
-    most longest_token characters), and BPE on a multi-megabyte text would otherwise take minutes."""
-    if max_length is not None:
-        text = text[: max_length * longest_token]
+    most longest_token characters), and BPE on a multi-megabyte text would otherwise take minutes. With
+    `tail`, as many characters of the end are kept too (for head+tail: the last tokens are the same)."""
+    n = None if max_length is None else max_length * longest_token
+    if n is not None and tail and len(text) > 2 * n:
+        text = text[:n] + text[-n:]
+    elif n is not None:
+        text = text[:n]
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
@@ -55,15 +61,37 @@ def cut_pair(a: list[int], b: list[int], budget: int | None) -> tuple[list[int],
     return a[: budget - half], b[:half]
 
 
+def head_tail(ids: list[int], room: int) -> list[int]:
+    """A quarter of `room` from the start, the rest from the end (Sun et al. 2019 keep 128 + 382 of BERT's 512;
+    here the end gets more too, where the last-token readout sits)."""
+    if len(ids) <= room:
+        return ids
+    head = room // 4
+    return ids[:head] + ids[len(ids) - (room - head):]
+
+
+def window_starts(n: int, width: int, stride: int) -> list[int]:
+    """Starts of windows of `width` tokens every `stride` over n tokens, the last one ending at the end."""
+    starts = list(range(0, max(n - width, 0) + 1, stride))
+    return starts + [n - width] if starts[-1] + width < n else starts
+
+
 class _Encoder:
-    """`encode_batch` over a subclass's `_ids(texts, max_length)`: single texts, or pairs (see the module doc)."""
+    """`encode_batch` over a subclass's `_ids(texts, max_length, tail)`: single texts, or pairs (see the module
+    doc). A text longer than max_length (`long_texts`): cut at the end (the book), cut in the middle
+    (head_tail), or read as overlapping windows whose predictions are averaged (windows: `encode_windows`;
+    `encode_batch` then gives the first window)."""
 
     append_eos = False
     pair = False
+    long_texts = "cut"
 
     def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
         """Token ids of each text, at most max_length of them when given."""
         eos = self.eos_id if self.append_eos else None
+        if not self.pair and self.long_texts == "head_tail" and max_length is not None:
+            room = max(max_length - (eos is not None), 0)
+            return _finish([head_tail(e, room) for e in self._ids(texts, max_length, tail=True)], max_length, eos)
         if not self.pair:
             return _finish(self._ids(texts, max_length), max_length, eos)
         parts = [split_pair(t) for t in texts]
@@ -72,8 +100,24 @@ class _Encoder:
         joined = [x + [self.eos_id] + y for x, y in (cut_pair(a, b, budget) for a, b in zip(firsts, seconds))]
         return _finish(joined, max_length, eos)
 
+    def encode_windows(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[int]]:
+        """(windows, owner): each text's overlapping windows of at most max_length tokens (half a window apart,
+        at most MAX_WINDOWS), and for every window the index of its text."""
+        eos = self.eos_id if self.append_eos else None
+        width = max(max_length - (eos is not None), 1)
+        stride = max(width // 2, 1)
+        cap = width + stride * (MAX_WINDOWS - 1)
+        windows, owner = [], []
+        for i, ids in enumerate(self._ids(texts, cap)):
+            ids = ids[:cap]
+            for start in window_starts(len(ids), width, stride):
+                windows.append(ids[start:start + width] + ([eos] if eos is not None else []))
+                owner.append(i)
+        return windows, owner
+
     def _config(self) -> dict:
-        return {"append_eos": self.append_eos, **({"pair": True} if self.pair else {})}
+        return {"append_eos": self.append_eos, **({"pair": True} if self.pair else {}),
+                **({"long_texts": self.long_texts} if self.long_texts != "cut" else {})}
 
 
 class GPT2Tokenizer(_Encoder):
@@ -108,8 +152,8 @@ class GPT2Tokenizer(_Encoder):
         # encode_ordinary: a message that contains the text "<|endoftext|>" is ordinary text, not a control token.
         return self.enc.encode_ordinary(_clean(text))
 
-    def _ids(self, texts: list[str], max_length: int | None) -> list[list[int]]:
-        return self.enc.encode_ordinary_batch([_clean(t, max_length, 128) for t in texts])
+    def _ids(self, texts: list[str], max_length: int | None, tail: bool = False) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch([_clean(t, max_length, 128, tail) for t in texts])
 
     def decode(self, ids: list[int]) -> str:
         return self.enc.decode(ids)
@@ -144,10 +188,10 @@ class HFTokenizer(_Encoder):
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(_clean(text), add_special_tokens=False).ids
 
-    def _ids(self, texts: list[str], max_length: int | None) -> list[list[int]]:
+    def _ids(self, texts: list[str], max_length: int | None, tail: bool = False) -> list[list[int]]:
         if max_length is not None and self._longest is None:
             self._longest = max(len(t) for t in self.tok.get_vocab())  # byte-level symbols: >= chars covered
-        cleaned = [_clean(t, max_length, self._longest or 0) for t in texts]
+        cleaned = [_clean(t, max_length, self._longest or 0, tail) for t in texts]
         return [e.ids for e in self.tok.encode_batch(cleaned, add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
@@ -185,6 +229,7 @@ def load_saved_tokenizer(directory: Path, cfg: dict):
         raise LlmclfError(f"{directory}: unknown tokenizer type {cfg['type']!r}")
     tok.append_eos = bool(cfg.get("append_eos", False))
     tok.pair = bool(cfg.get("pair", False))
+    tok.long_texts = cfg.get("long_texts", "cut")
     return tok
 
 

@@ -32,10 +32,12 @@ from torch.nn.utils.rnn import pad_sequence
 
 from . import distributed
 from .blend import macro_f1
-from .data import BatchLoader, balanced_weights, distinct_sequences, length_sorted_chunks, pack_prefix_trees, pad_batch
+from .data import (BatchLoader, balanced_weights, combine_windows, distinct_sequences, length_sorted_chunks,
+                   pack_prefix_trees, pad_batch)
 from .errors import LlmclfError
 from .parallel import map_batches
-from .metrics import calc_accuracy_loader, calc_loss_batch, calc_loss_loader, predict_loader
+from .metrics import (calc_accuracy_loader, calc_loss_batch, calc_loss_loader, classification_loss,
+                      classification_metrics, correct, predict_loader)
 from .models.common import Attend
 
 
@@ -264,6 +266,7 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
             loaders[name] = cached_loader(mine, ds.targets, start, batch_size, device, **kw)
         else:
             loaders[name] = token_loader(ds, batch_size, device, fixed_length=fixed, **kw)
+        loaders[name].owner, loaders[name].text_targets = ds.owner, ds.text_targets  # windows -> texts (per_text)
     if use_cache:
         info["cache_seconds"] = time.perf_counter() - t0
         how = "reused an earlier run's cache of" if info["cache_reused"] else "cached"
@@ -289,7 +292,8 @@ def gather_predictions(loader, model, num_batches: int | None = None):
         mine, per_rank = loader.shard(idx)
         batch = loader.collate(mine)
         logits = model.forward_batch(batch).float()
-        rows.append(torch.cat([logits, batch["labels"].to(logits.dtype)[:, None]], 1))
+        labels = batch["labels"].to(logits.dtype)  # (B,) class ids or (B, C) 0/1 label rows
+        rows.append(torch.cat([logits, labels.reshape(len(labels), -1)], 1))
         counts.append(per_rank)
         dev = logits.device
     model.train(was_training)
@@ -302,8 +306,18 @@ def gather_predictions(loader, model, num_batches: int | None = None):
         for q, real in enumerate(per_rank):
             pieces.append(gathered[q][offset:offset + real])
         offset += k
-    full = torch.cat(pieces)
-    return full[:, :-1], full[:, -1].long(), [sum(c) for c in counts]
+    full, c = torch.cat(pieces), model.num_classes
+    targets = full[:, c:] if full.shape[1] == 2 * c and c > 1 else full[:, -1].long()  # label rows, or class ids
+    return full[:, :c], targets, [sum(k) for k in counts]
+
+
+def per_text(loader, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole loader's predictions as one row per text: a windowed split's windows combined (combine_windows),
+    with each text's class; any other loader's unchanged."""
+    owner = getattr(loader, "owner", None)
+    if owner is None:
+        return logits, targets
+    return combine_windows(logits, owner, len(loader.text_targets)), torch.as_tensor(loader.text_targets)
 
 
 def gathered_loss_loader(loader, model, num_batches: int | None = None, weight=None) -> float:
@@ -314,14 +328,14 @@ def gathered_loss_loader(loader, model, num_batches: int | None = None, weight=N
     w = None if weight is None else weight.detach().float().cpu()
     losses, start = [], 0
     for m in sizes:
-        losses.append(F.cross_entropy(logits[start:start + m], targets[start:start + m], weight=w).item())
+        losses.append(classification_loss(logits[start:start + m], targets[start:start + m], weight=w).item())
         start += m
     return sum(losses) / len(losses)
 
 
 def gathered_accuracy_loader(loader, model, num_batches: int | None = None) -> float:
     logits, targets, _ = gather_predictions(loader, model, num_batches)
-    return float((logits.argmax(-1) == targets).float().mean()) if len(targets) else float("nan")
+    return float(correct(logits, targets).mean()) if len(targets) else float("nan")
 
 
 @dataclass
@@ -342,7 +356,7 @@ def parallel_loss(par: Parallel, loader, idx, weight=None) -> torch.Tensor:
     batch = loader.collate(mine)
     logits = par.forward(batch)
     if weight is None:
-        return F.cross_entropy(logits, batch["labels"])
+        return classification_loss(logits, batch["labels"])
     total = weight[loader.targets[idx].to(weight.device)].sum()
     return F.cross_entropy(logits, batch["labels"], weight=weight, reduction="sum") * par.world / total
 
@@ -447,9 +461,11 @@ class KeepBest:
 
     def score(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
         if self.metric == "loss":
-            return float(F.cross_entropy(logits.float(), targets))
+            return float(classification_loss(logits.float(), targets))
         if self.metric == "accuracy":
-            return float((logits.argmax(-1) == targets).float().mean())
+            return float(correct(logits, targets).mean())
+        if targets.is_floating_point():
+            return classification_metrics(logits, targets, logits.shape[-1])["macro_f1"]
         return macro_f1(logits.numpy(), targets.numpy(), logits.shape[-1])  # what the blend is chosen by
 
     def improves(self, value: float, best: float | None) -> bool:
@@ -458,7 +474,7 @@ class KeepBest:
     def update(self, state: TrainState, model, val_loader, parallel=None) -> bool:
         """Score the epoch just finished (recorded in its history row); True when patience has run out."""
         logits, targets = predict_loader(val_loader, model) if parallel is None else gather_predictions(val_loader, model)[:2]
-        value = self.score(logits, targets)
+        value = self.score(*per_text(val_loader, logits, targets))
         state.history[-1]["val_score"] = value
         if self.improves(value, state.best_value):
             state.best_epoch, state.best_value = state.epoch, value

@@ -2,7 +2,8 @@
 
 Routes
     POST /v1/classify   {"texts": ["...", ...]} -> {"model": NAME, "results": [{"label", "probability",
-                        "probabilities": {label: p}}, ...]}, one result per text, in input order. A pair
+                        "probabilities": {label: p}}, ...]}, one result per text, in input order (a
+                        multi-label classifier adds "labels": the set at its thresholds). A pair
                         classifier (--text-pair-column) takes {"texts": [...], "text_pairs": [...]}: one pair
                         per index, the two lists as long as each other.
     GET  /v1/model      labels, text_pairs (whether requests carry pairs), model name, backbone config,
@@ -73,7 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import LlmclfError
-from ..predict import Classifier, load_classifier, predict_texts, predicted_classes
+from ..predict import Classifier, load_classifier, predict_texts, predicted_classes, predicted_sets
 from ..tokenizer import join_pair
 
 log = logging.getLogger("llmclf.serve")
@@ -105,6 +106,8 @@ class ClassifyResult(BaseModel):
     label: str = Field(description="the most probable label")
     probability: float = Field(description="probability of that label")
     probabilities: dict[str, float] = Field(description="probability of every label")
+    labels: list[str] | None = Field(None, description="multi-label classifiers only: every label the text carries "
+                                     "(its probability at least that label's threshold; possibly none)")
 
 
 class ClassifyResponse(BaseModel):
@@ -493,28 +496,37 @@ def _model_info(clf, run_dir, limits: dict) -> dict:
     return {"model": str(cfg.get("model_name", "classifier")), "labels": list(clf.labels),
             "num_classes": len(clf.labels), "max_length": clf.max_length, "pooling": cfg.get("pooling"),
             "backbone": cfg.get("backbone"), "llmclf_version": cfg.get("llmclf_version"), "device": clf.device,
-            "backend": clf.backend, "text_pairs": bool(clf.tokenizer.pair),
+            "backend": clf.backend, "text_pairs": bool(clf.tokenizer.pair), "multi_label": clf.multi_label,
+            "thresholds": dict(zip(clf.labels, clf.decision.thresholds)) if clf.multi_label else None,
             "blend_weight": clf.blend.weight if clf.blend is not None else None,
             "decision": {**clf.decision.to_config(), "positive_label": clf.labels[clf.decision.positive]},
             "metrics": _run_metrics(run_dir, cfg), "limits": limits}
 
 
+def _decide(clf, rows) -> list[tuple]:
+    """(class index, label set or None) per row: the argmax or the saved operating point; for a multi-label
+    classifier the most probable label and the set its thresholds give."""
+    sets = predicted_sets(clf, rows) if clf.multi_label else [None] * len(rows)
+    return list(zip(predicted_classes(clf, rows), sets))
+
+
 def _add_routes(app: FastAPI, batcher, model_info: dict, limit: int, request_timeout: float, decide) -> None:
-    """POST /v1/classify, GET /v1/model, GET /healthz and the web page. `decide`: class index per row of
-    probabilities (predict.predicted_classes)."""
+    """POST /v1/classify, GET /v1/model, GET /healthz and the web page. `decide`: (class index, label set or
+    None) per row of probabilities (`_decide`)."""
     labels, model_name = model_info["labels"], model_info["model"]
     max_texts, max_chars = model_info["limits"]["max_texts"], model_info["limits"]["max_chars"]
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, summary="Classify texts", tags=["classify"],
+    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True,
+              summary="Classify texts", tags=["classify"],
               **_classify_openapi(max_texts, max_chars, limit, model_info["text_pairs"]))
     async def classify(request: Request):
         """Label and class probabilities for each text (or text pair), in input order."""
         texts = _parse_texts(await _read_body(request, limit), max_texts, max_chars, model_info["text_pairs"])
         rows = await _wait_for_rows(request, _submit(batcher, texts), request_timeout)
         results = []
-        for row, best in zip(rows.tolist(), decide(rows)):  # argmax, or the operating point saved with the model
+        for row, (best, carried) in zip(rows.tolist(), decide(rows)):  # argmax, or the saved operating point
             results.append({"label": labels[best], "probability": row[best],
-                            "probabilities": dict(zip(labels, row))})
+                            "probabilities": dict(zip(labels, row)), **({"labels": carried} if carried is not None else {})})
         return {"model": model_name, "results": results}
 
     @app.get("/v1/model", summary="The model, its run's metrics and the request limits", tags=["model"])
@@ -570,7 +582,7 @@ def create_app(run_dir_or_classifier, max_texts: int = 64, max_chars: int = 1000
     app.state.model_info = model_info
     _add_error_handlers(app)
 
-    _add_routes(app, batcher, model_info, limit, request_timeout, lambda rows: predicted_classes(clf, rows))
+    _add_routes(app, batcher, model_info, limit, request_timeout, lambda rows: _decide(clf, rows))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

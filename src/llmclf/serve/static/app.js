@@ -92,10 +92,19 @@ async function loadModel() {
 function renderResult(result) {
   const box = $("result");
   box.replaceChildren();
-  const color = labelColor(result.label);
-  const badge = el("span", { class: "label-badge", id: "predicted-label", text: result.label });
-  badge.style.setProperty("--label-color", color);
-  box.append(el("p", { class: "verdict" }, ["Predicted: ", badge, ` with probability ${pct(result.probability)}`]));
+  if (Array.isArray(result.labels)) {  // a multi-label classifier: the set its thresholds give, maybe empty
+    const badges = result.labels.map((label) => {
+      const b = el("span", { class: "label-badge", text: label });
+      b.style.setProperty("--label-color", labelColor(label));
+      return b;
+    });
+    const shown = badges.length ? badges : [el("span", { text: "none of the labels" })];
+    box.append(el("p", { class: "verdict", id: "predicted-label" }, ["Labels: ", ...shown]));
+  } else {
+    const badge = el("span", { class: "label-badge", id: "predicted-label", text: result.label });
+    badge.style.setProperty("--label-color", labelColor(result.label));
+    box.append(el("p", { class: "verdict" }, ["Predicted: ", badge, ` with probability ${pct(result.probability)}`]));
+  }
 
   const bars = el("div", { class: "bars", role: "list", "aria-label": "Probability of each class" });
   const entries = Object.entries(result.probabilities).sort((a, b) => b[1] - a[1]);
@@ -184,7 +193,8 @@ function renderTable(lines, results) {
     const color = labelColor(r.label);
     const bar = el("span", { class: "mini-bar", "aria-hidden": "true" }, el("span", { style: { width: pct(r.probability) } }));
     bar.style.setProperty("--label-color", color);
-    const badge = el("span", { class: "label-badge", text: r.label });
+    const shown = Array.isArray(r.labels) ? (r.labels.join(", ") || "none") : r.label;
+    const badge = el("span", { class: "label-badge", text: shown });
     badge.style.setProperty("--label-color", color);
     body.append(el("tr", {}, [
       el("td", { class: "num", text: String(i + 1) }),
