@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora  # noqa: E402
+import record  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CHOICES = ("cut", "head_tail", "windows")
 
 
@@ -68,7 +68,6 @@ def main() -> None:
     df[["text", "label"]].to_csv(csv, index=False)
     extra = [x for x in a.train_args if x != "--"]
     date = datetime.date.today().isoformat()
-    RESULTS.mkdir(exist_ok=True)
     for choice in a.only.split(","):
         row = {"date": date, "machine": platform.processor() or platform.machine(), "docs": len(df),
                "context_length": a.context_length, "train_args": extra, **run(choice, csv, a.out, a, extra)}
@@ -77,10 +76,7 @@ def main() -> None:
               f"{row['validation_accuracy']:.2%} | {row['test_accuracy']:.2%} | {row['test_macro_f1']:.3f} | "
               f"{row['train_seconds']:.0f} s |")
         print(md, flush=True)
-        with open(RESULTS / f"long-texts-{date}.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        with open(RESULTS / f"long-texts-{date}.md", "a") as f:
-            f.write(md + "\n")
+        record.append_row("long-texts", row, md)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora  # noqa: E402
+import record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 
 
 def write_splits(a) -> tuple[dict, list[str]]:
@@ -93,11 +93,7 @@ def main() -> None:
           f"{t['hamming_loss']:.4f} | {b.get('subset_accuracy', float('nan')):.2%} / {b.get('micro_f1', float('nan')):.3f} / "
           f"{b.get('macro_f1', float('nan')):.3f} | {row['train_seconds']:.0f} s |")
     print(md, json.dumps({k: row[k] for k in ("evaluate_matches", "predict_subset_accuracy", "served_as_predicted")}))
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / f"multilabel-{row['date']}.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    with open(RESULTS / f"multilabel-{row['date']}.md", "a") as f:
-        f.write(md + "\n")
+    record.append_row("multilabel", row, md)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora  # noqa: E402
+import record  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def sample(corpus: str, rows: int, seed: int) -> pd.DataFrame:
@@ -77,11 +77,7 @@ def main() -> None:
           f"{' '.join(extra) or 'defaults'} | {row['validation_accuracy']:.2%} | {row['test_accuracy']:.2%} | "
           f"{acc:.2%} | {row['tfidf_test_accuracy'] or float('nan'):.2%} | {row['wall_seconds']:.0f} s |")
     print(md)
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / f"pairs-{row['date']}.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    with open(RESULTS / f"pairs-{row['date']}.md", "a") as f:
-        f.write(md + "\n")
+    record.append_row("pairs", row, md)
 
 
 if __name__ == "__main__":

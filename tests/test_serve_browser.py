@@ -33,12 +33,18 @@ def browser(server_url):
         b.close()
 
 
-@pytest.fixture
-def page(browser, server_url):
+def open_page(browser, url):
+    """A new page on the server's web page, once it has read the model's information."""
     page = browser.new_page(viewport=shots.VIEWPORT)
     page.set_default_timeout(30000)
-    page.goto(server_url)
+    page.goto(url)
     page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model')")
+    return page
+
+
+@pytest.fixture
+def page(browser, server_url):
+    page = open_page(browser, server_url)
     yield page
     page.close()
 
@@ -108,9 +114,7 @@ def test_a_pair_classifier_s_page_asks_for_both_texts(pair_run, browser, tmp_pat
     import httpx
 
     with shots.serve_subprocess(pair_run, log_path=tmp_path / "serve.log") as url:
-        page = browser.new_page(viewport=shots.VIEWPORT)
-        page.goto(url)
-        page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model')")
+        page = open_page(browser, url)
         assert page.is_visible("#text-pair")
         first, second = "Free entry to win a prize, text WIN now", "Are we still on for lunch?"
         page.fill("#text-pair", second)
@@ -129,9 +133,7 @@ def test_a_multilabel_classifier_s_page_shows_the_label_set(multilabel_run, brow
     import httpx
 
     with shots.serve_subprocess(multilabel_run, log_path=tmp_path / "serve.log") as url:
-        page = browser.new_page(viewport=shots.VIEWPORT)
-        page.goto(url)
-        page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model')")
+        page = open_page(browser, url)
         text = "URGENT! Call 09061701461 to claim your prize?"
         shown = shots.classify_on_page(page, text)
         want = httpx.post(url + "/v1/classify", json={"texts": [text]}).json()["results"][0]["labels"]
