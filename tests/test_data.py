@@ -239,7 +239,7 @@ def test_data_json_reports_rows_skipped_classes_and_what_the_cut_drops(tmp_path,
         assert rep["tokens"]["cut"] == sum(x > 16 for x in n) and rep["tokens"]["max"] == max(n)
         assert rep["tokens"]["tokens_dropped_share"] == pytest.approx(sum(max(0, x - 16) for x in n) / sum(n), abs=1e-4)
     t = d["splits"]["train"]["tokens"]
-    assert t["cut"] > 0 and f"texts cut: train {t['cut']} of {t['texts']}" in r.stderr
+    assert t["cut"] > 0 and f"texts over it: train {t['cut']} of {t['texts']}" in r.stderr
 
 
 def test_balance_ratio_keeps_the_majority_at_most_r_times_the_minority(sms_file):
@@ -461,3 +461,32 @@ def test_label_sets_are_read_from_json_lists_delimiters_01_columns_and_saved_dat
     assert data.labels == names and data.multi_label
     with pytest.raises(LlmclfError, match="--stratify"):
         prepare_data(reads[0], "tags", stratify=True)
+
+
+def test_a_hub_dataset_s_parquet_shards_become_its_splits_and_an_unreachable_hub_is_one_line(tmp_path, sms_file):
+    import datasets
+
+    from llmclf.data import _unlabelled, data_files, parquet_splits
+    from llmclf.options import FinetuneOptions
+
+    df = pd.read_csv(sms_file, sep="\t", header=None, names=["label", "text"], quoting=3).head(300)
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["ham", "spam"])})
+    ids = df["label"].map({"ham": 0, "spam": 1}).tolist()
+    repo = tmp_path / "snapshot"
+    (repo / "data").mkdir(parents=True)
+    for i, (lo, hi) in enumerate(((0, 120), (120, 240))):  # the train split in two shards, as the hub stores it
+        datasets.Dataset.from_dict({"text": df["text"][lo:hi].tolist(), "label": ids[lo:hi]}, features=feats).to_parquet(
+            str(repo / "data" / f"train-0000{i}-of-00002.parquet"))
+    datasets.Dataset.from_dict({"text": df["text"][240:].tolist(), "label": [-1] * 60}, features=feats).to_parquet(
+        str(repo / "data" / "test-00000-of-00001.parquet"))  # GLUE-style: labels withheld
+    splits = parquet_splits(repo)
+    assert sorted(splits) == ["test", "train"] and _unlabelled(splits["test"]) and not _unlabelled(splits["train"])
+    train = read_table(splits["train"])
+    assert train["text"].tolist() == df["text"][:240].tolist() and train["label"].tolist() == df["label"][:240].tolist()
+    (repo / "other" / "train").mkdir(parents=True)
+    other = datasets.Dataset.from_dict({"text": ["x"], "label": [0]}, features=feats)
+    other.to_parquet(str(repo / "other" / "train" / "0.parquet"))
+    with pytest.raises(LlmclfError, match="several configurations"):
+        parquet_splits(repo)
+    with pytest.raises(LlmclfError, match="could not reach the Hugging Face hub"):  # no network here
+        data_files(FinetuneOptions(out="x", data_file="hf:nobody/no-such-dataset"))

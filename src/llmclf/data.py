@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 import warnings
@@ -130,26 +131,34 @@ def saved_dataset_splits(path: Path) -> dict[str, Path]:
 
 
 def _saved_table(path: Path):
-    """A saved `datasets` Dataset as one Arrow table (its stream files in the order state.json lists them,
-    memory-mapped), the label names of each of its ClassLabel columns (from dataset_info.json), and those of its
-    columns of ClassLabel lists (multi-label)."""
+    """An Arrow table with the `datasets` features it was written with: a saved Dataset directory (its stream
+    files in the order state.json lists them, memory-mapped; features from dataset_info.json) or a Parquet file
+    (features from the schema's "huggingface" metadata, as the hub's files carry them). Returns the table, the
+    label names of each ClassLabel column, and those of each column of ClassLabel lists (multi-label)."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
-        files = [path / f["filename"] for f in json.loads((path / "state.json").read_text())["_data_files"]]
-        table = pa.concat_tables(pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files)
-        info = json.loads((path / "dataset_info.json").read_text()) if (path / "dataset_info.json").is_file() else {}
-    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
-        raise LlmclfError(f"{path}: cannot read as a saved datasets directory ({str(e).splitlines()[0][:120]})") from None
-    class_labels = {name: list(f.get("names") or []) for name, f in (info.get("features") or {}).items()
+        if path.is_dir():
+            files = [path / f["filename"] for f in json.loads((path / "state.json").read_text())["_data_files"]]
+            table = pa.concat_tables(pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files)
+            info = json.loads((path / "dataset_info.json").read_text()) if (path / "dataset_info.json").is_file() else {}
+        else:
+            table = pq.read_table(path)
+            info = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}")).get("info", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, pa.ArrowException) as e:
+        what = "read as a saved datasets directory" if path.is_dir() else "parse as Parquet"
+        raise LlmclfError(f"{path}: cannot {what} ({str(e).splitlines()[0][:120]})") from None
+    features = info.get("features") if isinstance(info.get("features"), dict) else {}
+    class_labels = {name: list(f.get("names") or []) for name, f in features.items()
                     if isinstance(f, dict) and f.get("_type") == "ClassLabel" and name in table.column_names}
-    return table, class_labels, _label_lists(info, table)
+    return table, class_labels, _label_lists(features, table)
 
 
-def _label_lists(info: dict, table) -> dict:
+def _label_lists(features: dict, table) -> dict:
     """The label names of each column holding lists of ClassLabel ids (multi-label: Sequence(ClassLabel))."""
     out = {}
-    for name, f in (info.get("features") or {}).items():
+    for name, f in features.items():
         inner = f.get("feature") if isinstance(f, dict) and f.get("_type") in ("Sequence", "List") else None
         if isinstance(inner, dict) and inner.get("_type") == "ClassLabel" and name in table.column_names:
             out[name] = list(inner.get("names") or [])
@@ -157,8 +166,8 @@ def _label_lists(info: dict, table) -> dict:
 
 
 def _read_saved_dataset(path: Path) -> pd.DataFrame:
-    """A saved `datasets` Dataset with its ClassLabel columns given their names (-1, the `datasets` mark of a
-    missing label, becomes NaN and is skipped as a row without a label)."""
+    """A saved `datasets` Dataset or a Parquet file with its ClassLabel columns given their names (-1, the
+    `datasets` mark of a missing label, becomes NaN and is skipped as a row without a label)."""
     table, class_labels, label_lists = _saved_table(path)
     df = table.to_pandas()
     for name, names in class_labels.items():
@@ -166,15 +175,6 @@ def _read_saved_dataset(path: Path) -> pd.DataFrame:
     for name, names in label_lists.items():  # a list of ids -> a canonical label set of their names
         df[name] = df[name].map(lambda ids: label_set_string(names[int(i)] for i in ids) if ids is not None else None)
     return df
-
-
-def _read_parquet(path: Path) -> pd.DataFrame:
-    import pyarrow as pa
-
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError, pa.ArrowException) as e:
-        raise LlmclfError(f"{path}: cannot parse as Parquet ({str(e).splitlines()[0][:120]})") from None
 
 
 def read_frame(path: Path, header: int | None = 0) -> pd.DataFrame:
@@ -189,7 +189,7 @@ def read_frame(path: Path, header: int | None = 0) -> pd.DataFrame:
         raise LlmclfError(f"{path}: holds the splits {', '.join(p.name for p in splits.values())}; "
                           "pass it as --data-file (or --train-file) to use them, or name one split's directory")
     if suffix == ".parquet" and path.is_file():
-        return _read_parquet(path)
+        return _read_saved_dataset(path)
     content = _decode(path)
     try:
         with _library_warnings_as_lines(path):
@@ -274,6 +274,8 @@ def label_counts(df: pd.DataFrame, labels=None) -> dict:
 def multi_label_frame(df: pd.DataFrame, lcol, delimiter: str | None) -> pd.Series | None:
     """The label column as label sets: split at `delimiter` (an empty cell: no labels), or a JSON list per cell;
     None when it holds single labels."""
+    if delimiter == "":
+        raise LlmclfError("--label-delimiter must not be empty (e.g. '|' or ',')")
     if delimiter is not None:
         return df[lcol].map(lambda c: label_set_string(str(c).split(delimiter)) if c == c and c is not None else "[]")
     return _list_column(df[lcol])
@@ -628,11 +630,12 @@ def prepare_data(df: pd.DataFrame, source: str, balance: bool = True, split=(0.7
 
 def data_files(opts) -> tuple[str | None, dict]:
     """The training data's path (None: the built-in SMS set) and the given splits' paths: the user's files, and
-    for a saved DatasetDict named as the training data its splits (train trains; validation and test are used
-    as they are unless a file of the user's names that split; a split it lacks is carved from training)."""
+    for a saved DatasetDict (or a hub dataset, hf:OWNER/NAME) named as the training data its splits (train
+    trains; validation and test are used as they are unless a file of the user's names that split; a split it
+    lacks is carved from training)."""
     path = opts.train_file or opts.data_file
     given = {s: getattr(opts, f"{s}_file") for s in ("validation", "test") if getattr(opts, f"{s}_file")}
-    splits = saved_dataset_splits(Path(path)) if path else {}
+    splits = {} if not path else hub_dataset_splits(path) if path.startswith(HUB_PREFIX) else saved_dataset_splits(Path(path))
     if not splits:
         return path, given
     if "train" not in splits:
@@ -644,9 +647,65 @@ def data_files(opts) -> tuple[str | None, dict]:
     return str(splits["train"]), {**{s: str(d) for s, d in splits.items() if s not in ("train", *unlabelled)}, **given}
 
 
+HUB_PREFIX = "hf:"  # --data-file hf:OWNER/NAME[/CONFIG]: a dataset's Parquet files on the Hugging Face hub
+
+
+def hub_dataset_splits(spec: str) -> dict[str, Path]:
+    """The splits of a hub dataset (`hf:OWNER/NAME`, or `hf:OWNER/NAME/CONFIG` for one of several
+    configurations) as one Parquet file each, from a verified download of its Parquet files."""
+    from .weights.hf import download_hf_dataset
+
+    parts = spec[len(HUB_PREFIX):].strip("/").split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise LlmclfError(f"{spec}: a hub dataset is named hf:OWNER/NAME or hf:OWNER/NAME/CONFIG")
+    return parquet_splits(download_hf_dataset("/".join(parts[:2])), parts[2] if len(parts) == 3 else None, spec)
+
+
+def _split_of(rel: Path) -> str | None:
+    """train/validation/test from a Parquet file's path in a dataset repository (a folder or a file name
+    prefix: data/train-00000-of-00002.parquet, default/validation/0000.parquet, test.parquet)."""
+    stem = rel.name.removesuffix(".parquet").lower()
+    for split, aliases in SPLIT_NAMES.items():
+        if any(d.lower() in aliases for d in rel.parts[:-1]) or any(
+                stem == a or re.match(rf"{a}[-_.]", stem) for a in aliases):
+            return split
+    return None
+
+
+def parquet_splits(root: Path, config: str | None = None, where: str | None = None) -> dict[str, Path]:
+    """A folder of Parquet shards (a dataset repository's files) as {split: one Parquet file}, the shards of a
+    split concatenated once into ROOT.splits/ beside it. Several configurations need `config`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    where = where or str(root)
+    groups, configs = {}, set()
+    for f in sorted(root.rglob("*.parquet")):
+        rel = f.relative_to(root)
+        folders = [d for d in rel.parts[:-1] if d != "data" and _split_of(Path(d) / "x.parquet") is None]
+        if (split := _split_of(rel)) is None or (config is not None and config not in folders):
+            continue
+        configs.add("/".join(folders))
+        groups.setdefault(split, []).append(f)
+    if len(configs) > 1:
+        shown = ", ".join(c or "(top level)" for c in sorted(configs))
+        raise LlmclfError(f"{where}: several configurations ({shown}); name one: {where}/CONFIG")
+    if "train" not in groups:
+        raise LlmclfError(f"{where}: no train split among its Parquet files")
+    out = root.parent / f"{root.name}.splits" / (config or "all")
+    out.mkdir(parents=True, exist_ok=True)
+    for split, shards in groups.items():
+        target = out / f"{split}.parquet"
+        if not target.is_file():
+            tmp = target.with_name(f".{target.name}.tmp")
+            pq.write_table(pa.concat_tables([pq.read_table(f) for f in shards]), tmp)
+            os.replace(tmp, target)
+    return {split: out / f"{split}.parquet" for split in groups}
+
+
 def _unlabelled(split_dir: Path) -> bool:
-    """Whether a saved split's ClassLabel columns hold only -1 (no labels, as in GLUE's test splits); read from
-    the memory-mapped Arrow columns, no DataFrame built."""
+    """Whether a saved split's (or a hub Parquet file's) ClassLabel columns hold only -1 (no labels, as in
+    GLUE's test splits); read from the Arrow columns, no DataFrame built."""
     import pyarrow.compute as pc
 
     table, class_labels, _ = _saved_table(split_dir)

@@ -244,7 +244,9 @@ def say_cuts(job: Job, report: dict) -> None:
         if t.get("cut"):
             parts.append(f"{split} {t['cut']} of {t['texts']} ({100 * t['cut_share']:.1f}%, "
                          f"{100 * t['tokens_dropped_share']:.1f}% of tokens)")
-    job.log(f"max_length {report['max_length']} tokens: " + ("texts cut: " + "; ".join(parts) if parts else
+    how = {"cut": "", "head_tail": "; --long-texts head_tail: their middle is dropped",
+           "windows": "; --long-texts windows: read as windows, up to 16 each"}[job.opts.long_texts]
+    job.log(f"max_length {report['max_length']} tokens: " + ("texts over it: " + "; ".join(parts) + how if parts else
                                                              "no text is cut") + " (data.json)")
 
 

@@ -283,6 +283,8 @@ def _check_combinations(opts: FinetuneOptions, name) -> None:
     for key in ("validation_file", "test_file"):
         if getattr(opts, key) and not (opts.train_file or opts.data_file):
             raise LlmclfError(f"{name(key)} needs the training data as a file too: {name('train_file')} FILE")
+    if opts.label_delimiter == "":
+        raise LlmclfError(f"{name('label_delimiter')} must not be empty (e.g. '|' or ',')")
     if opts.label_columns and (opts.label_column or opts.label_delimiter):
         raise LlmclfError(f"{name('label_columns')} names the labels' 0/1 columns: give it without "
                           f"{name('label_column')} and {name('label_delimiter')}")

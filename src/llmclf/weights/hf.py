@@ -343,14 +343,14 @@ HUB_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "tokeni
 SOURCE = "source.json"  # in each cached snapshot: the repository, revision and expected digest of every file
 
 
-def hub_expectations(siblings) -> dict[str, dict]:
+def hub_expectations(siblings, patterns=HUB_FILES, top_level: bool = True) -> dict[str, dict]:
     """{file: {"size", "sha256" or "git_sha1"}} for the repository files llmclf uses, from the hub's file
     metadata: LFS files (the weights) carry a sha256, small files the git blob id of their content."""
     from fnmatch import fnmatch
 
     out = {}
     for f in siblings:
-        if any(fnmatch(f.rfilename, p) for p in HUB_FILES) and Path(f.rfilename).name == f.rfilename:
+        if any(fnmatch(f.rfilename, p) for p in patterns) and (Path(f.rfilename).name == f.rfilename or not top_level):
             out[f.rfilename] = ({"sha256": f.lfs.sha256, "size": f.lfs.size} if f.lfs
                                 else {"git_sha1": f.blob_id, "size": f.size})
     return out
@@ -381,7 +381,7 @@ def _cached_snapshot(root: Path) -> Path | None:
     return None
 
 
-def _fetch_snapshot(repo: str, revision: str, expected: dict[str, dict], target: Path) -> Path:
+def _fetch_snapshot(repo: str, revision: str, expected: dict[str, dict], target: Path, repo_type: str = "model") -> Path:
     """Download the files into a temp folder beside `target`, verify them all, record the source, then
     rename the folder into place: the cache never holds an unverified file."""
     import shutil
@@ -395,7 +395,7 @@ def _fetch_snapshot(repo: str, revision: str, expected: dict[str, dict], target:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
     try:
         for name in sorted(expected):
-            hf_hub_download(repo, name, revision=revision, local_dir=tmp)
+            hf_hub_download(repo, name, revision=revision, local_dir=tmp, repo_type=repo_type)
         shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping for local_dir
         problem = snapshot_problem(tmp, expected)
         if problem:
@@ -437,3 +437,33 @@ def download_hf(repo: str) -> Path:
     except Exception as e:
         raise LlmclfError(f"could not download {repo} from the Hugging Face hub ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None
+
+
+def download_hf_dataset(repo: str) -> Path:
+    """A verified copy of a hub dataset's Parquet files (every split, every shard) in llmclf's cache
+    (CACHE/hf-datasets/OWNER--NAME/REVISION), checked against the sha256 the hub lists for each."""
+    from ..assets import cache_dir
+
+    root = cache_dir() / "hf-datasets" / repo.replace("/", "--")
+    try:
+        from huggingface_hub import HfApi
+        info = HfApi().dataset_info(repo, files_metadata=True)
+    except Exception as e:  # network errors come in many types; the message is what matters
+        cached = _cached_snapshot(root)
+        if cached is not None:
+            return cached
+        raise LlmclfError(f"could not reach the Hugging Face hub for the dataset {repo} ({type(e).__name__}); "
+                          "download its Parquet files and pass them with --train-file/--validation-file/"
+                          "--test-file") from None
+    expected = hub_expectations(info.siblings or [], ("*.parquet",), top_level=False)
+    if not expected:
+        raise LlmclfError(f"hf:{repo}: the hub lists no Parquet files for this dataset")
+    target = root / info.sha
+    if (target / SOURCE).is_file() and snapshot_problem(target, expected) is None:
+        return target
+    try:
+        return _fetch_snapshot(repo, info.sha, expected, target, repo_type="dataset")
+    except LlmclfError:
+        raise
+    except Exception as e:
+        raise LlmclfError(f"could not download the dataset {repo} from the Hugging Face hub ({type(e).__name__})") from None
