@@ -247,7 +247,10 @@ def _list_column(values: pd.Series) -> pd.Series | None:
 
 def is_multi_label(df: pd.DataFrame) -> bool:
     """Whether the labels are label sets (every one a canonical JSON list string)."""
-    return len(df) > 0 and bool(df["label"].str.startswith("[").all())
+    labels = df["label"]
+    if not len(df) or not (pd.api.types.is_string_dtype(labels) or labels.dtype == object):
+        return False  # e.g. the book's integer class ids
+    return bool(labels.map(lambda x: isinstance(x, str) and x.startswith("[")).all())
 
 
 def label_sets(labels: pd.Series) -> list[list[str]]:

@@ -266,7 +266,8 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
             loaders[name] = cached_loader(mine, ds.targets, start, batch_size, device, **kw)
         else:
             loaders[name] = token_loader(ds, batch_size, device, fixed_length=fixed, **kw)
-        loaders[name].owner, loaders[name].text_targets = ds.owner, ds.text_targets  # windows -> texts (per_text)
+        # --long-texts windows: which text each row is (per_text); any dataset with encoded/targets works
+        loaders[name].owner, loaders[name].text_targets = getattr(ds, "owner", None), getattr(ds, "text_targets", ds.targets)
     if use_cache:
         info["cache_seconds"] = time.perf_counter() - t0
         how = "reused an earlier run's cache of" if info["cache_reused"] else "cached"
