@@ -185,8 +185,18 @@ class FakeHub:
     """huggingface_hub's HfApi.model_info and hf_hub_download, serving a local folder (the hub is
     unreachable here). `corrupt` names a file whose served bytes differ from what its metadata promises."""
 
-    def __init__(self, remote, revision="0123456789abcdef0123456789abcdef01234567"):
+    def __init__(self, remote, revision="0123456789abcdef0123456789abcdef01234567", datasets=None):
         self.remote, self.revision, self.corrupt, self.offline, self.downloads = remote, revision, None, False, []
+        self.datasets = datasets  # a folder served as the dataset repositories' files (any depth)
+
+    def dataset_info(self, repo, files_metadata=False):
+        if self.offline:
+            raise OSError("name resolution failed")
+        files = sorted(p for p in self.datasets.rglob("*") if p.is_file())
+        return SimpleNamespace(sha=self.revision, siblings=[SimpleNamespace(
+            rfilename=p.relative_to(self.datasets).as_posix(), size=p.stat().st_size, blob_id=git_blob_sha1(p),
+            lfs=SimpleNamespace(sha256=sha256_file(p), size=p.stat().st_size) if p.suffix == ".parquet" else None)
+            for p in files])
 
     def model_info(self, repo, files_metadata=False):
         if self.offline:
@@ -198,12 +208,13 @@ class FakeHub:
         siblings.append(SimpleNamespace(rfilename="pytorch_model.bin", size=3, blob_id="x", lfs=None))  # not wanted
         return SimpleNamespace(sha=self.revision, siblings=siblings)
 
-    def hf_hub_download(self, repo, filename, revision=None, local_dir=None):
+    def hf_hub_download(self, repo, filename, revision=None, local_dir=None, repo_type="model"):
         assert revision == self.revision and filename != "pytorch_model.bin"
         self.downloads.append(filename)
-        data = bytearray((self.remote / filename).read_bytes())
+        data = bytearray(((self.datasets if repo_type == "dataset" else self.remote) / filename).read_bytes())
         if filename == self.corrupt:
             data[len(data) // 2] ^= 1
+        (local_dir / filename).parent.mkdir(parents=True, exist_ok=True)
         (local_dir / filename).write_bytes(bytes(data))
         (local_dir / ".cache").mkdir(exist_ok=True)  # what huggingface_hub leaves in a local_dir
         return str(local_dir / filename)
@@ -213,7 +224,7 @@ class FakeHub:
 def hub(tmp_path, monkeypatch):
     import huggingface_hub
     remote, _ = _save(tmp_path, "remote")
-    fake = FakeHub(remote)
+    fake = FakeHub(remote, datasets=tmp_path / "datasets-remote")
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: fake)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
     monkeypatch.setenv("LLMCLF_CACHE_DIR", str(tmp_path / "cache"))
@@ -250,6 +261,37 @@ def test_corrupted_hub_download_is_refused_and_never_cached(hub, tmp_path):
         download_hf("org/tiny")
     hub.corrupt = None
     assert (download_hf("org/tiny") / "model.safetensors").is_file()
+
+
+def test_a_hub_dataset_is_downloaded_verified_split_and_trained_on(hub, tmp_path, sms_file):
+    import datasets
+    import pandas as pd
+
+    from llmclf.data import load_data
+    from llmclf.options import FinetuneOptions
+
+    df = pd.read_csv(sms_file, sep="\t", header=None, names=["label", "text"], quoting=3)
+    df = pd.concat([df[df.label == "spam"].head(60), df[df.label == "ham"].head(60)]).sample(frac=1, random_state=0)
+    feats = datasets.Features({"sms": datasets.Value("string"), "label": datasets.ClassLabel(names=["ham", "spam"])})
+    data_dir = hub.datasets / "data"
+    data_dir.mkdir(parents=True)
+    for name, part in (("train-00000-of-00002", df[:50]), ("train-00001-of-00002", df[50:100]),
+                       ("validation-00000-of-00001", df[100:])):
+        datasets.Dataset.from_dict({"sms": part["text"].tolist(), "label": part["label"].map({"ham": 0, "spam": 1}).tolist()},
+                                   features=feats).to_parquet(str(data_dir / f"{name}.parquet"))
+    (hub.datasets / "README.md").write_text("a dataset card: not downloaded")
+    opts = FinetuneOptions(out="x", data_file="hf:org/sms", split=(0.8, 0.1), balance=False)
+    data = load_data(opts)
+    assert sorted(hub.downloads) == sorted(f"data/{n}" for n in (p.name for p in data_dir.iterdir()))
+    assert data.labels == ["ham", "spam"] and len(data.validation) == 20  # the hub's validation split, as it is
+    assert len(data.train) + len(data.test) == 100 and set(data.test["text"]) <= set(df["text"][:100])  # both shards
+    hub.downloads.clear()
+    hub.offline = True  # offline: the verified copy in the cache
+    assert len(load_data(opts).validation) == 20 and hub.downloads == []
+    hub.offline, hub.corrupt = False, "data/train-00001-of-00002.parquet"
+    hub.revision = "f" * 40  # a new revision: downloaded again, and this time one shard is damaged
+    with pytest.raises(LlmclfError, match=r"train-00001-of-00002\.parquet: sha256 .* not cached"):
+        load_data(opts)
 
 
 # ------------------------------------------------------------------ transformers sequence classifiers, imported
