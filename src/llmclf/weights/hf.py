@@ -408,30 +408,25 @@ def _fetch_snapshot(repo: str, revision: str, expected: dict[str, dict], target:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def download_hf(repo: str) -> Path:
-    """A verified copy of a hub repository's config, safetensors and tokenizer files in llmclf's cache
-    (CACHE/hf/OWNER--NAME/REVISION), checked against the digests the hub lists for each file."""
-    from ..assets import cache_dir
-
-    root = cache_dir() / "hf" / repo.replace("/", "--")
+def _hub_snapshot(repo: str, repo_type: str, root: Path, select, unreachable: str) -> Path:
+    """The verified snapshot of a hub repository under `root` (CACHE/.../OWNER--NAME/REVISION): the hub's file list
+    (offline: the newest cached copy that still verifies, else `unreachable` in one line), `select(siblings)` ->
+    the expected files and digests, then the cached copy if it verifies, else a verified download."""
     try:
         from huggingface_hub import HfApi
-        info = HfApi().model_info(repo, files_metadata=True)
+        api = HfApi()
+        info = (api.dataset_info if repo_type == "dataset" else api.model_info)(repo, files_metadata=True)
     except Exception as e:  # network errors come in many types; the message is what matters
         cached = _cached_snapshot(root)
         if cached is not None:
             return cached
-        raise LlmclfError(f"could not download {repo} from the Hugging Face hub ({type(e).__name__}); "
-                          f"pass --model PATH with a local copy, or use --model smollm2-135m-instruct-q4, "
-                          f"which a package registry serves") from None
-    expected = hub_expectations(info.siblings or [])
-    if "config.json" not in expected or not any(n.endswith(".safetensors") for n in expected):
-        raise LlmclfError(f"{repo}: the hub lists no config.json and *.safetensors files for it")
+        raise LlmclfError(unreachable.format(error=type(e).__name__)) from None
+    expected = select(info.siblings or [])
     target = root / info.sha
     if (target / SOURCE).is_file() and snapshot_problem(target, expected) is None:
         return target
     try:
-        return _fetch_snapshot(repo, info.sha, expected, target)
+        return _fetch_snapshot(repo, info.sha, expected, target, repo_type=repo_type)
     except LlmclfError:
         raise
     except Exception as e:
@@ -439,31 +434,33 @@ def download_hf(repo: str) -> Path:
                           f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None
 
 
+def download_hf(repo: str) -> Path:
+    """A verified copy of a hub repository's config, safetensors and tokenizer files in llmclf's cache
+    (CACHE/hf/OWNER--NAME/REVISION), checked against the digests the hub lists for each file."""
+    from ..assets import cache_dir
+
+    def select(siblings):
+        expected = hub_expectations(siblings)
+        if "config.json" not in expected or not any(n.endswith(".safetensors") for n in expected):
+            raise LlmclfError(f"{repo}: the hub lists no config.json and *.safetensors files for it")
+        return expected
+
+    return _hub_snapshot(repo, "model", cache_dir() / "hf" / repo.replace("/", "--"), select,
+                         f"could not download {repo} from the Hugging Face hub ({{error}}); pass --model PATH with a "
+                         "local copy, or use --model smollm2-135m-instruct-q4, which a package registry serves")
+
+
 def download_hf_dataset(repo: str) -> Path:
     """A verified copy of a hub dataset's Parquet files (every split, every shard) in llmclf's cache
     (CACHE/hf-datasets/OWNER--NAME/REVISION), checked against the sha256 the hub lists for each."""
     from ..assets import cache_dir
 
-    root = cache_dir() / "hf-datasets" / repo.replace("/", "--")
-    try:
-        from huggingface_hub import HfApi
-        info = HfApi().dataset_info(repo, files_metadata=True)
-    except Exception as e:  # network errors come in many types; the message is what matters
-        cached = _cached_snapshot(root)
-        if cached is not None:
-            return cached
-        raise LlmclfError(f"could not reach the Hugging Face hub for the dataset {repo} ({type(e).__name__}); "
-                          "download its Parquet files and pass them with --train-file/--validation-file/"
-                          "--test-file") from None
-    expected = hub_expectations(info.siblings or [], ("*.parquet",), top_level=False)
-    if not expected:
-        raise LlmclfError(f"hf:{repo}: the hub lists no Parquet files for this dataset")
-    target = root / info.sha
-    if (target / SOURCE).is_file() and snapshot_problem(target, expected) is None:
-        return target
-    try:
-        return _fetch_snapshot(repo, info.sha, expected, target, repo_type="dataset")
-    except LlmclfError:
-        raise
-    except Exception as e:
-        raise LlmclfError(f"could not download the dataset {repo} from the Hugging Face hub ({type(e).__name__})") from None
+    def select(siblings):
+        expected = hub_expectations(siblings, ("*.parquet",), top_level=False)
+        if not expected:
+            raise LlmclfError(f"hf:{repo}: the hub lists no Parquet files for this dataset")
+        return expected
+
+    return _hub_snapshot(repo, "dataset", cache_dir() / "hf-datasets" / repo.replace("/", "--"), select,
+                         f"could not reach the Hugging Face hub for the dataset {repo} ({{error}}); download its "
+                         "Parquet files and pass them with --train-file/--validation-file/--test-file")
