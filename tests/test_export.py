@@ -1,18 +1,20 @@
-"""`llmclf export --format hf`: transformers' own loaders and pipeline run the exported GPT-2 classifier with the
-labels and probabilities (within 1e-4) that llmclf gives; what the format cannot hold is refused, nothing written."""
+"""`llmclf export --format hf`: transformers' own loaders and pipeline run the exported GPT-2 and Llama classifiers
+with the labels and probabilities (within 1e-4) that llmclf gives on SMS texts; what the format cannot hold is
+refused, nothing written."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import GPT2_TOKENIZER_DIR, run_cli
+from conftest import GPT2_TOKENIZER_DIR, SMS_FILE, run_cli
 from llmclf.artifact import save_classifier
 from llmclf.classifier import TextClassifier
 from llmclf.decision import Decision
 from llmclf.models import MODELS, build_model
 from llmclf.predict import load_classifier, predict_texts
 from llmclf.tokenizer import GPT2Tokenizer
+from llmclf.weights import _llama_tokenizer
 
 transformers = pytest.importorskip("transformers")
 LABELS = ["ham", "spam", "promo"]
@@ -20,38 +22,58 @@ TEXTS = ["WINNER!! You have won a prize, call 0800 now", "see you at lunch?", "o
          "Free entry in 2 a wkly comp to win FA Cup final tkts " * 20]  # longer than max_length: cut the same way
 
 
-def _saved(tmp_path, pooling="last_nonpad", temperature=0.7):
-    """A gpt2-tiny classifier with random weights and a far-from-zero head bias, saved as training saves it."""
+def _sms_texts(n: int = 150) -> list[str]:
+    import pandas as pd
+    df = pd.read_csv(SMS_FILE, sep="\t", header=None, names=["label", "text"], quoting=3)
+    return list(df.text[-n:]) + TEXTS
+
+
+def _saved(tmp_path, pooling="last_nonpad", temperature=0.7, arch="gpt2", head_bias=None):
+    """A tiny classifier with random weights, saved as training saves it. GPT-2's head gets a far-from-zero bias
+    (which the export folds into the final norm); a Llama-family head has none unless asked."""
     torch.manual_seed(0)
-    model = TextClassifier(build_model(MODELS["gpt2-tiny"].config), len(LABELS), pooling)
+    model = TextClassifier(build_model(MODELS[f"{arch}-tiny"].config), len(LABELS), pooling, head_bias=head_bias)
     with torch.no_grad():
-        model.backbone.out_head.bias.copy_(torch.tensor([1.5, -2.0, 0.5]))
+        if model.backbone.out_head.bias is not None:
+            model.backbone.out_head.bias.copy_(torch.tensor([1.5, -2.0, 0.5]))
+        model.backbone.out_head.weight.mul_(20.0)  # probabilities far from uniform, so a mismatch would show
     run = tmp_path / "run"
     run.mkdir()
-    save_classifier(model, GPT2Tokenizer(GPT2_TOKENIZER_DIR), run / "model", labels=LABELS, max_length=48,
-                    model_name="gpt2-tiny", extra={"decision": Decision(temperature=temperature).to_config()})
+    tokenizer = GPT2Tokenizer(GPT2_TOKENIZER_DIR) if arch == "gpt2" else _llama_tokenizer()
+    save_classifier(model, tokenizer, run / "model", labels=LABELS, max_length=48,
+                    model_name=f"{arch}-tiny", extra={"decision": Decision(temperature=temperature).to_config()})
     return run
 
 
-def test_transformers_pipeline_on_the_export_gives_llmclfs_labels_and_probabilities(tmp_path):
-    run = _saved(tmp_path)
+@pytest.mark.parametrize("arch, architecture", [("gpt2", "GPT2ForSequenceClassification"),
+                                                ("llama", "LlamaForSequenceClassification")])
+def test_transformers_pipeline_on_the_export_gives_llmclfs_labels_and_probabilities(tmp_path, arch, architecture):
+    run = _saved(tmp_path, arch=arch)
     r = run_cli("export", run, "--format", "hf", "--out", tmp_path / "hf")
     assert r.returncode == 0, r.stderr
     model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert type(model).__name__ == "GPT2ForSequenceClassification" and model.config.id2label[1] == "spam"
+    assert type(model).__name__ == architecture and model.config.id2label[1] == "spam"
     pipe = transformers.pipeline("text-classification", model=model, tokenizer=tok, device="cpu")
-    got = pipe(TEXTS, top_k=None, truncation=True)
+    texts = _sms_texts()
+    got = pipe(texts, top_k=None, truncation=True)
     clf = load_classifier(run, "cpu")
-    want = predict_texts(clf, TEXTS)  # calibrated: the temperature is folded into the export's head
-    for row, p in zip(got, want):
-        scores = {d["label"]: d["score"] for d in row}
-        assert [scores[x] for x in LABELS] == pytest.approx(p.tolist(), abs=1e-4)
-        assert max(scores, key=scores.get) == LABELS[int(p.argmax())]
+    want = predict_texts(clf, texts)  # calibrated: the temperature is folded into the export's head
+    probs = torch.tensor([[{d["label"]: d["score"] for d in row}[x] for x in LABELS] for row in got])
+    torch.testing.assert_close(probs, want, atol=1e-4, rtol=0)
+    assert probs.argmax(-1).tolist() == want.argmax(-1).tolist() and len(set(want.argmax(-1).tolist())) > 1
     padded = tok(TEXTS, padding=True, truncation=True, return_tensors="pt")  # a padded batch reads the same token
     with torch.no_grad():
         batch = model(**padded).logits.softmax(-1)
-    torch.testing.assert_close(batch, want, atol=1e-4, rtol=0)
+    torch.testing.assert_close(batch, want[-len(TEXTS):], atol=1e-4, rtol=0)
+
+
+def test_a_llama_head_with_a_bias_is_refused_by_the_hf_format(tmp_path):
+    run = _saved(tmp_path, arch="llama", head_bias=True)  # as Llama-family classifiers were saved before
+    r = run_cli("export", run, "--out", tmp_path / "hf")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "the class head has a bias" in r.stderr and not (tmp_path / "hf").exists()
+    assert load_classifier(run, "cpu").model.backbone.out_head.bias is not None  # and it still loads with its bias
 
 
 def test_what_the_format_cannot_hold_is_refused_and_nothing_is_written(tmp_path):

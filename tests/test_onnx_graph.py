@@ -32,12 +32,13 @@ def _texts(n=40):
 
 
 def _saved(tmp_path, arch="gpt2-tiny", pooling="last_nonpad", decision=Decision(), blend=None):
-    """A tiny classifier (random weights, far-from-zero head bias) saved as training saves it."""
+    """A tiny classifier (random weights, GPT-2: a far-from-zero head bias) saved as training saves it."""
     torch.manual_seed(0)
     config = replace(MODELS[arch].config, vocab_size=50257)  # GPT-2's BPE feeds both
     model = TextClassifier(build_model(config), len(LABELS), pooling)
-    with torch.no_grad():
-        model.backbone.out_head.bias.copy_(torch.tensor([0.3, -0.2]))
+    if model.backbone.out_head.bias is not None:  # GPT-2's head has one; the Llama family's none
+        with torch.no_grad():
+            model.backbone.out_head.bias.copy_(torch.tensor([0.3, -0.2]))
     if arch == "gpt2-tiny":
         tokenizer = GPT2Tokenizer(GPT2_TOKENIZER_DIR)
     else:  # a byte-level BPE over GPT-2's files, as the Llama family's tokenizer.json is

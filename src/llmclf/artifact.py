@@ -361,17 +361,16 @@ def load_classifier_model(path, device="cpu"):
 
 def load_hf_classifier_parts(path: Path, device="cpu"):
     """A transformers GPT2/LlamaForSequenceClassification directory as load_classifier_parts gives a saved one:
-    its `score` (no bias) becomes the class head with a zero bias, its id2label the labels, and it pools the last
+    its `score` (no bias) becomes the class head (no bias), its id2label the labels, and it pools the last
     real token, as transformers does (the last token that is not the pad token)."""
     from .classifier import TextClassifier
     from .tokenizer import tokenizer_for_dir
     from .weights.hf import load_hf_classifier
 
     backbone, bcfg, score, labels = load_hf_classifier(path)
-    model = TextClassifier(backbone, len(labels), "last_nonpad", causal=True)
+    model = TextClassifier(backbone, len(labels), "last_nonpad", causal=True, head_bias=False)
     with torch.no_grad():
         backbone.out_head.weight.copy_(score)
-        backbone.out_head.bias.zero_()
     tokenizer = tokenizer_for_dir(path, bcfg.arch)
     model.to(device).eval().requires_grad_(False)
     cfg = {"labels": labels, "num_classes": len(labels), "pooling": "last_nonpad", "causal": True,
@@ -401,7 +400,8 @@ def load_classifier_parts(path, device="cpu"):
     if cfg["pad_id"] >= backbone_cfg.vocab_size or cfg["max_length"] > backbone_cfg.context_length:
         raise LlmclfError(f"{f}: field 'pad_id' or 'max_length' lies outside the backbone's vocabulary or context")
     backbone = build_model(backbone_cfg)
-    model = TextClassifier(backbone, cfg["num_classes"], cfg["pooling"], cfg["causal"])
+    # A saved head with a bias loads with one (every GPT-2 head; Llama-family heads saved before they went bias-free).
+    model = TextClassifier(backbone, cfg["num_classes"], cfg["pooling"], cfg["causal"], "out_head.bias" in state)
     own = backbone.state_dict()
     if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
         raise LlmclfError(f"{wfile}: tensors do not fit the backbone config in config.json")

@@ -25,14 +25,20 @@ TRAINABLE = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 
 
 class TextClassifier(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, pooling: str = "last_nonpad", causal: bool = True):
+    """head_bias None: the head the backbone's transformers classifier can hold exactly. GPT-2: with a bias (its
+    final LayerNorm's shift absorbs it on export); the Llama family: none, as LlamaForSequenceClassification's
+    `score`, since RMSNorm has no shift that could absorb one."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, pooling: str = "last_nonpad", causal: bool = True,
+                 head_bias: bool | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}")
         self.backbone = backbone
         self.pooling, self.causal, self.num_classes = pooling, causal, num_classes
+        self.head_bias = backbone.cfg.arch == "gpt2" if head_bias is None else head_bias
         width = backbone.cfg.emb_dim * (2 if pooling == "mean_last" else 1)
-        backbone.out_head = nn.Linear(width, num_classes)  # the class head
+        backbone.out_head = nn.Linear(width, num_classes, bias=self.head_bias)  # the class head
 
     @property
     def blocks(self):

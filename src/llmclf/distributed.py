@@ -344,6 +344,6 @@ def full_model_copy(model):
         return None
     with torch.device("meta"):
         backbone = type(model.backbone)(model.backbone.cfg)
-        plain = TextClassifier(backbone, model.num_classes, model.pooling, model.causal)
+        plain = TextClassifier(backbone, model.num_classes, model.pooling, model.causal, model.head_bias)
     plain.load_state_dict(state, assign=True)
     return plain

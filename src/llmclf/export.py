@@ -1,14 +1,15 @@
 """`llmclf export RUN_DIR --format hf|onnx --out DIR`. `onnx`: the graph of onnx_graph.py with its tokenizer
-and labels. `hf`: a saved GPT-2 classifier as transformers' GPT2ForSequenceClassification, which
-`AutoModelForSequenceClassification` and `AutoTokenizer` load with no custom code and
-`pipeline("text-classification")` runs.
+and labels. `hf`: a saved classifier as transformers' GPT2ForSequenceClassification or
+LlamaForSequenceClassification, which `AutoModelForSequenceClassification` and `AutoTokenizer` load with no
+custom code and `pipeline("text-classification")` runs.
 
 The mapping is exact or refused. transformers reads the last real token's final-norm output through `score`,
-a Linear without bias. Our head has a bias b; GPT-2's final LayerNorm has a shift beta that only the head reads,
-so beta' = beta + W^+ b gives W beta' = W beta + b whenever W (classes x width) has full row rank (checked). The
-calibration temperature T divides the logits, so W / T and b / T carry it. What the format cannot hold (mean or
-first-token pooling, no causal mask, a TF-IDF blend, a decision threshold, an appended end-of-text token, the
-Llama family's bias-free RMSNorm) is one line saying why, and nothing is written.
+a Linear without bias. GPT-2: our head has a bias b, and the final LayerNorm a shift beta that only the head
+reads, so beta' = beta + W^+ b gives W beta' = W beta + b whenever W (classes x width) has full row rank
+(checked). The Llama family: RMSNorm has no shift, so its heads are trained without a bias (classifier.py) and
+map one to one. The calibration temperature T divides the logits, so W / T (and b / T) carry it. What the
+format cannot hold (mean or first-token pooling, no causal mask, a TF-IDF blend, a decision threshold, an
+appended end-of-text token, a Llama head with a bias) is one line saying why, and nothing is written.
 """
 
 from __future__ import annotations
@@ -28,18 +29,24 @@ from .errors import LlmclfError
 
 
 def export_hf(run_dir, out) -> Path:
-    """Write the classifier of RUN_DIR into the new directory `out` as GPT2ForSequenceClassification."""
+    """Write the classifier of RUN_DIR into the new directory `out` as GPT2ForSequenceClassification or
+    LlamaForSequenceClassification, after its backbone."""
     out = _new_dir(out)
     model, tokenizer, cfg, directory = load_classifier_parts(Path(run_dir))
     decision = load_decision(cfg, Path(directory) / "config.json")
     _refuse_what_hf_cannot_hold(model, tokenizer, cfg, decision)
-    state = hf_gpt2_state(model, decision.temperature)
+    gpt2 = model.backbone.cfg.arch == "gpt2"
+    state = (hf_gpt2_state if gpt2 else hf_llama_state)(model, decision.temperature)
+    config = (hf_gpt2_config if gpt2 else hf_llama_config)(model.backbone.cfg, cfg["labels"], tokenizer)
 
     def write(tmp: Path) -> None:
         from safetensors.torch import save_file
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _write_json(tmp / "config.json", hf_gpt2_config(model.backbone.cfg, cfg["labels"], tokenizer.pad_id))
-        _write_gpt2_tokenizer(tmp, directory, cfg, tokenizer.pad_id)
+        _write_json(tmp / "config.json", config)
+        if gpt2:
+            _write_gpt2_tokenizer(tmp, directory, cfg, tokenizer.pad_id)
+        else:
+            _write_hf_tokenizer(tmp, tokenizer, cfg["max_length"])
 
     return _write_new_dir(out, write)
 
@@ -128,26 +135,26 @@ def _refuse_what_hf_cannot_hold(model, tokenizer, cfg, decision) -> None:
     why = None
     if decision.thresholds is not None:
         why = "a multi-label classifier: a threshold per label, which transformers' pipeline does not apply"
-    elif model.backbone.cfg.arch != "gpt2":
-        why = ("transformers' LlamaForSequenceClassification has a bias-free head and RMSNorm no shift to absorb "
-               "our head's bias; only GPT-2 classifiers export for now")
+    elif model.backbone.cfg.arch != "gpt2" and model.backbone.out_head.bias is not None:
+        why = ("the class head has a bias, which LlamaForSequenceClassification's bias-free score cannot hold and "
+               "RMSNorm has no shift to absorb (Llama-family classifiers trained by llmclf today have none: retrain)")
     elif model.pooling != "last_nonpad":
         why = f"pooling {model.pooling}: transformers reads the last real token (train with --pooling last_nonpad)"
     elif not model.causal:
-        why = "no causal mask: transformers' GPT-2 is always causal"
+        why = "no causal mask: transformers' decoders are always causal"
     elif cfg.get("blend") is not None:
         why = "the saved classifier blends the LLM with TF-IDF, which transformers cannot hold (train with --blend off)"
     elif decision.threshold is not None:
         why = ("the classifier decides by a threshold (--operating-point), transformers by the argmax (train with "
                "--operating-point argmax)")
     elif tokenizer.append_eos:
-        why = "--append-eos: transformers' GPT-2 tokenizer does not append the end-of-text token"
+        why = "--append-eos: transformers' pipeline does not append the end-of-text token"
     elif tokenizer.long_texts != "cut":
         why = (f"--long-texts {tokenizer.long_texts}: transformers' tokenizer cuts a long text at its end "
                "(export --format onnx keeps it)")
     elif tokenizer.pair:
-        why = ("a text-pair classifier: transformers' GPT-2 tokenizer joins a pair with no separator, llmclf with "
-               "<|endoftext|> (export --format onnx keeps it)")
+        why = ("a text-pair classifier: transformers' tokenizer joins a pair by its own template (GPT-2's with no "
+               "separator), llmclf with the end-of-text token (export --format onnx keeps it)")
     if why:
         raise LlmclfError(f"cannot export to the Hugging Face format: {why}")
 
@@ -157,7 +164,7 @@ def hf_gpt2_state(model, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.backbone.state_dict().items()}
     cfg = model.backbone.cfg
     w = sd["out_head.weight"].double() / temperature
-    b = sd["out_head.bias"].double() / temperature
+    b = (sd["out_head.bias"].double() if "out_head.bias" in sd else torch.zeros(len(w), dtype=torch.float64)) / temperature
     shift = sd["final_norm.shift"].double() + torch.linalg.pinv(w) @ b
     if (w @ (shift - sd["final_norm.shift"].double()) - b).abs().max() > 1e-6:
         raise LlmclfError("cannot export to the Hugging Face format: the head's bias does not fold into the final "
@@ -181,7 +188,8 @@ def hf_gpt2_state(model, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def hf_gpt2_config(cfg, labels: list[str], pad_id: int) -> dict:
+def hf_gpt2_config(cfg, labels: list[str], tokenizer) -> dict:
+    pad_id = tokenizer.pad_id
     return {"architectures": ["GPT2ForSequenceClassification"], "model_type": "gpt2",
             "vocab_size": cfg.vocab_size, "n_positions": cfg.context_length, "n_embd": cfg.emb_dim,
             "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "activation_function": "gelu_new",
@@ -203,6 +211,49 @@ def _write_gpt2_tokenizer(out: Path, directory: Path, cfg: dict, pad_id: int) ->
     _write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "GPT2Tokenizer", "model_max_length": cfg["max_length"], "add_prefix_space": False,
         "bos_token": eot, "eos_token": eot, "unk_token": eot, "pad_token": eot, "padding_side": "right"})
+
+
+def hf_llama_state(model, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """Our Llama names -> transformers' (q/k are in rotate-half order in both); the head is `score` over T."""
+    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.backbone.state_dict().items()}
+    out = {"model.embed_tokens.weight": sd.pop("tok_emb.weight"), "model.norm.weight": sd.pop("final_norm.weight"),
+           "score.weight": sd.pop("out_head.weight") / temperature}
+    names = {"att.W_query": "self_attn.q_proj", "att.W_key": "self_attn.k_proj", "att.W_value": "self_attn.v_proj",
+             "att.out_proj": "self_attn.o_proj", "ff.fc1": "mlp.gate_proj", "ff.fc3": "mlp.up_proj",
+             "ff.fc2": "mlp.down_proj", "norm1": "input_layernorm", "norm2": "post_attention_layernorm"}
+    for i in range(model.backbone.cfg.n_layers):
+        for ours, theirs in names.items():
+            out[f"model.layers.{i}.{theirs}.weight"] = sd.pop(f"trf_blocks.{i}.{ours}.weight")
+    if sd:  # a tensor with no place in LlamaForSequenceClassification: refuse rather than drop it
+        raise LlmclfError(f"cannot export to the Hugging Face format: no place for the tensor {sorted(sd)[0]}")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def hf_llama_config(cfg, labels: list[str], tokenizer) -> dict:
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_base}  # transformers 5 reads rope_parameters, 4 rope_theta
+    return {"architectures": ["LlamaForSequenceClassification"], "model_type": "llama",
+            "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length, "hidden_size": cfg.emb_dim,
+            "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_groups,
+            "head_dim": cfg.emb_dim // cfg.n_heads, "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps,
+            "rope_theta": cfg.rope_base, "rope_parameters": rope, "attention_bias": False, "mlp_bias": False,
+            "attention_dropout": 0.0, "tie_word_embeddings": cfg.tie_embeddings,
+            "id2label": {str(i): x for i, x in enumerate(labels)}, "label2id": {x: i for i, x in enumerate(labels)},
+            "pad_token_id": tokenizer.pad_id, "eos_token_id": tokenizer.eos_id, "torch_dtype": "float32"}
+
+
+def _write_hf_tokenizer(out: Path, tokenizer, max_length: int) -> None:
+    """The classifier's tokenizer.json as PreTrainedTokenizerFast reads it. llmclf encodes without special
+    tokens, so the post-processor (which may add a BOS) is dropped; texts are cut at max_length (call the
+    pipeline with truncation=True) and padded on the right with the classifier's pad token."""
+    spec = json.loads(tokenizer.tok.to_str())
+    spec.update(post_processor=None, truncation=None, padding=None)
+    (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    token = tokenizer.tok.id_to_token
+    _write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+        "pad_token": token(tokenizer.pad_id), "eos_token": token(tokenizer.eos_id), "padding_side": "right",
+        "clean_up_tokenization_spaces": False})
 
 
 def _write_json(path: Path, value) -> None:

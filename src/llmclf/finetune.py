@@ -102,21 +102,24 @@ def resolve_max_length(option: str, longest: int, model_context: int) -> int:
     return n
 
 
-def build_classifier(opts, labels):
+def build_classifier(opts, labels, multi_label: bool = False):
     """(TextClassifier, tokenizer, model name) with the requested trainable parameters. A transformers sequence
-    classifier trained on these labels gives its `score` as the starting head (zero bias)."""
+    classifier trained on these labels gives its `score` as the starting head (zero bias). The head is the one
+    the backbone's transformers classifier holds (classifier.py), except that a label-set head keeps its bias:
+    each label's prior, often a rare one, lives there, and no export format holds label sets anyway."""
     torch.manual_seed(opts.seed)  # random backbone weights are part of the run: seeded, so runs repeat
     backbone, tokenizer, name = load_backbone(opts.model, opts.weights, opts.tokenizer_dir)
     tokenizer.append_eos = opts.append_eos
     tokenizer.pair = opts.text_pair_column is not None
     tokenizer.long_texts = opts.long_texts
     torch.manual_seed(opts.seed)  # the book seeds before creating the class head
-    model = TextClassifier(backbone, len(labels), opts.pooling, opts.causal)
+    model = TextClassifier(backbone, len(labels), opts.pooling, opts.causal, head_bias=True if multi_label else None)
     head = pretrained_head(opts.model, labels) if opts.weights == "pretrained" else None
     if head is not None and head.shape == backbone.out_head.weight.shape:
         with torch.no_grad():
             backbone.out_head.weight.copy_(head)
-            backbone.out_head.bias.zero_()
+            if backbone.out_head.bias is not None:
+                backbone.out_head.bias.zero_()
     set_trainable(model, opts.trainable, opts.lora_rank, opts.lora_alpha)
     return model, tokenizer, name
 
@@ -671,7 +674,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
     balanced = opts.balance and not data.multi_label  # label sets are never undersampled
     job.log(f"data: {data.source}; class counts {data.class_counts}; "
             f"{'balanced, ' if balanced else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
-    model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, data.labels))
+    model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, data.labels, data.multi_label))
     model.to(job.device)
     datasets, max_length = tokenize_splits(job, data, model, tokenizer)
     report = data_report(data, tokenizer, max_length, balanced) if job.main else {}
