@@ -3,8 +3,10 @@ onnxruntime on `llmclf export --format onnx`, transformers on `llmclf export --f
 `--backend onnx`. Each is checked against llmclf torch: same labels, largest probability difference.
 
 The classifier: GPT-2 small (124M) with random weights (its pretrained weights cannot be had offline), pooling
-last_nonpad, 2 classes; with RUN_DIR, that run's classifier instead (transformers is skipped when the HF format
-cannot hold it, e.g. mean pooling or a blend). Texts: the first N messages of the SMS file, in file order.
+last_nonpad, 2 classes, and the first N messages of the SMS file, in file order. With RUN_DIR: that run's
+classifier on its own test split (test.csv; transformers is skipped when the HF format cannot hold the classifier,
+e.g. mean pooling or a blend). transformers runs twice: the model called on padded batches, and its
+`pipeline("text-classification")`.
 
     python bench/interop.py [--run RUN_DIR] [--texts 300] [--batch-size 8] [--threads 2]
 """
@@ -93,6 +95,18 @@ def transformers_direct(out: Path, texts: list[str], batch: int) -> np.ndarray:
     return timed(run)
 
 
+def transformers_pipeline(out: Path, texts: list[str], batch: int, labels: list[str]) -> np.ndarray:
+    """What a transformers user does with the export: the text-classification pipeline, every class's score."""
+    import transformers
+    pipe = transformers.pipeline("text-classification", model=str(out), device="cpu")
+
+    def run():
+        rows = pipe(texts, top_k=None, truncation=True, batch_size=batch)
+        return np.array([[{d["label"]: d["score"] for d in row}[x] for x in labels] for row in rows])
+    run()
+    return timed(run)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path)
@@ -104,6 +118,8 @@ def main() -> None:
     sms = pd.read_csv(SHARED / "data" / "sms_spam_collection" / "SMSSpamCollection", sep="\t", header=None,
                       names=["label", "text"], quoting=3)
     texts = list(sms.text[: a.texts])
+    if a.run is not None and (a.run / "test.csv").is_file():  # the run's own test split
+        texts = list(pd.read_csv(a.run / "test.csv", keep_default_na=False).text[: a.texts])
     folder = Path(tempfile.mkdtemp(prefix="llmclf-interop-"))
     run = a.run or gpt2_small_run(folder)
     clf = load_classifier(run, "cpu")
@@ -125,9 +141,12 @@ def main() -> None:
         export_hf(run, folder / "hf")
         probs, t = transformers_direct(folder / "hf", texts, a.batch_size)
         rows.append(("transformers on the HF export", t, probs))
+        probs, t = transformers_pipeline(folder / "hf", texts, a.batch_size, clf.labels)
+        rows.append(("transformers pipeline on the HF export", t, probs))
     except LlmclfError as e:
         print(f"hf export: {e}", file=sys.stderr)
-    print(f"{len(texts)} SMS messages, batch {a.batch_size}, {a.threads} threads, {clf.config['model_name']}; "
+    where = " (the run's test split)" if a.run else ""
+    print(f"{len(texts)} SMS messages{where}, batch {a.batch_size}, {a.threads} threads, {clf.config['model_name']}; "
           f"first --backend onnx load (export into the cache) {t_export:.1f} s")
     print("| runtime | messages/s | labels as llmclf torch | largest probability difference |")
     print("|---|---:|---:|---:|")
