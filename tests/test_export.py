@@ -4,6 +4,8 @@ refused, nothing written."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -32,21 +34,29 @@ def _saved(tmp_path, pooling="last_nonpad", temperature=0.7, arch="gpt2", head_b
     """A tiny classifier with random weights, saved as training saves it. GPT-2's head gets a far-from-zero bias
     (which the export folds into the final norm); a Llama-family head has none unless asked."""
     torch.manual_seed(0)
-    model = TextClassifier(build_model(MODELS[f"{arch}-tiny"].config), len(LABELS), pooling, head_bias=head_bias)
+    qwen = {"qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True, "head_dim": 32}}.get(arch)
+    config = replace(MODELS["llama-tiny"].config, **qwen) if qwen else MODELS[f"{arch}-tiny"].config
+    model = TextClassifier(build_model(config), len(LABELS), pooling, head_bias=head_bias)
     with torch.no_grad():
         if model.backbone.out_head.bias is not None:
             model.backbone.out_head.bias.copy_(torch.tensor([1.5, -2.0, 0.5]))
         model.backbone.out_head.weight.mul_(20.0)  # probabilities far from uniform, so a mismatch would show
+        for name, p in model.backbone.named_parameters():  # fresh q/k/v biases are zeros, norms ones: make them count
+            if name.endswith(("W_query.bias", "W_key.bias", "W_value.bias", "q_norm.weight", "k_norm.weight")):
+                p.normal_(1.0 if "norm" in name else 0.0, 0.3)
     run = tmp_path / "run"
     run.mkdir()
     tokenizer = GPT2Tokenizer(GPT2_TOKENIZER_DIR) if arch == "gpt2" else _llama_tokenizer()
-    save_classifier(model, tokenizer, run / "model", labels=LABELS, max_length=48,
-                    model_name=f"{arch}-tiny", extra={"decision": Decision(temperature=temperature).to_config()})
+    name = f"{arch}-tiny" if arch in ("gpt2", "llama") else "llama-tiny"
+    save_classifier(model, tokenizer, run / "model", labels=LABELS, max_length=48, model_name=name,
+                    extra={"decision": Decision(temperature=temperature).to_config()})
     return run
 
 
 @pytest.mark.parametrize("arch, architecture", [("gpt2", "GPT2ForSequenceClassification"),
-                                                ("llama", "LlamaForSequenceClassification")])
+                                                ("llama", "LlamaForSequenceClassification"),
+                                                ("qwen2", "Qwen2ForSequenceClassification"),
+                                                ("qwen3", "Qwen3ForSequenceClassification")])
 def test_transformers_pipeline_on_the_export_gives_llmclfs_labels_and_probabilities(tmp_path, arch, architecture):
     run = _saved(tmp_path, arch=arch)
     r = run_cli("export", run, "--format", "hf", "--out", tmp_path / "hf")

@@ -369,3 +369,41 @@ def test_fine_tuning_a_sequence_classifier_starts_from_its_score(tmp_path):
     head = clf.model.backbone.out_head  # after one epoch at lr 1e-9: still the score it started from, rows reordered
     torch.testing.assert_close(head.weight, ref.score.weight.detach()[[1, 0]], atol=1e-6, rtol=0)
     assert head.bias.abs().max() < 1e-6
+
+
+QWEN = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True, rope_theta=1e6)
+
+
+@pytest.mark.parametrize("kind, extra", [("qwen2", {}), ("qwen3", {"head_dim": 16})])  # Qwen3: head_dim != 32 / 4
+def test_qwen_logits_and_greedy_text_match_transformers(tmp_path, kind, extra):
+    """Qwen2.5 (q/k/v biases) and Qwen3 (QK-norm, its own head_dim) from small random configs, as transformers
+    saves them: our Llama-family model gives the same logits and the same greedy continuation."""
+    from llmclf.generate import generate_greedy
+
+    torch.manual_seed(0)
+    config, model_cls = {"qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[kind]
+    ref = model_cls(config(**QWEN, **extra)).eval()
+    with torch.no_grad():  # fresh biases are zeros and norms ones: make them count, so a dropped one would show
+        for name, p in ref.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+            elif "norm" in name:
+                p.normal_(1, 0.3)
+    ref.save_pretrained(tmp_path / kind)
+    ours, cfg = load_hf_dir(tmp_path / kind)
+    assert (cfg.qkv_bias, cfg.qk_norm, cfg.head_size) == (kind == "qwen2", kind == "qwen3", extra.get("head_dim", 8))
+    torch.testing.assert_close(_logits(ours.eval(), IDS), _logits(ref, IDS), atol=1e-4, rtol=0)
+    prompt = IDS[0, :5].tolist()
+    with torch.no_grad():
+        expected = ref.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
+                                pad_token_id=0)[0, len(prompt):].tolist()
+    assert generate_greedy(ours, prompt, max_new_tokens=10) == expected
+
+
+def test_qwen3_with_attention_bias_is_refused_by_name(tmp_path):
+    torch.manual_seed(0)
+    transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**QWEN, attention_bias=True)).save_pretrained(tmp_path / "q")
+    with pytest.raises(LlmclfError, match="the Qwen3 model here does not implement: attention_bias: true"):
+        load_hf_dir(tmp_path / "q")

@@ -304,9 +304,10 @@ def backbone_config(f: Path, d: dict):
     for k, v in d.items():
         if k not in defaults:
             raise LlmclfError(f"{f}: field 'backbone.{k}' is not a setting of the {arch} model")
-        kind = type(defaults[k])
-        fits = {bool: lambda: isinstance(v, bool), str: lambda: isinstance(v, str), int: lambda: _is_count(v),
-                float: lambda: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0}[kind]()
+        kind = int if defaults[k] is None else type(defaults[k])  # None-default settings (head_dim) are counts
+        fits = (v is None and defaults[k] is None) or {
+            bool: lambda: isinstance(v, bool), str: lambda: isinstance(v, str), int: lambda: _is_count(v),
+            float: lambda: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0}[kind]()
         if not fits:
             raise LlmclfError(f"{f}: field 'backbone.{k}' must be {'a positive integer' if kind is int else kind.__name__},"
                               f" not {json.dumps(v)[:40]}")

@@ -221,21 +221,29 @@ def hf_llama_state(model, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     names = {"att.W_query": "self_attn.q_proj", "att.W_key": "self_attn.k_proj", "att.W_value": "self_attn.v_proj",
              "att.out_proj": "self_attn.o_proj", "ff.fc1": "mlp.gate_proj", "ff.fc3": "mlp.up_proj",
              "ff.fc2": "mlp.down_proj", "norm1": "input_layernorm", "norm2": "post_attention_layernorm"}
-    for i in range(model.backbone.cfg.n_layers):
+    cfg = model.backbone.cfg
+    biases = ("att.W_query", "att.W_key", "att.W_value") if cfg.qkv_bias else ()  # Qwen2
+    names.update({"att.q_norm": "self_attn.q_norm", "att.k_norm": "self_attn.k_norm"} if cfg.qk_norm else {})  # Qwen3
+    for i in range(cfg.n_layers):
         for ours, theirs in names.items():
             out[f"model.layers.{i}.{theirs}.weight"] = sd.pop(f"trf_blocks.{i}.{ours}.weight")
+        for ours in biases:
+            out[f"model.layers.{i}.{names[ours]}.bias"] = sd.pop(f"trf_blocks.{i}.{ours}.bias")
     if sd:  # a tensor with no place in LlamaForSequenceClassification: refuse rather than drop it
         raise LlmclfError(f"cannot export to the Hugging Face format: no place for the tensor {sorted(sd)[0]}")
     return {k: v.contiguous() for k, v in out.items()}
 
 
 def hf_llama_config(cfg, labels: list[str], tokenizer) -> dict:
+    """Llama's config; Qwen2's for q/k/v biases (its attention always has them), Qwen3's for QK-norm."""
     rope = {"rope_type": "default", "rope_theta": cfg.rope_base}  # transformers 5 reads rope_parameters, 4 rope_theta
-    return {"architectures": ["LlamaForSequenceClassification"], "model_type": "llama",
+    kind = "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+    architecture = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[kind] + "ForSequenceClassification"
+    return {"architectures": [architecture], "model_type": kind, "use_sliding_window": False,
             "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length, "hidden_size": cfg.emb_dim,
             "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.n_layers,
             "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_groups,
-            "head_dim": cfg.emb_dim // cfg.n_heads, "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps,
+            "head_dim": cfg.head_size, "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps,
             "rope_theta": cfg.rope_base, "rope_parameters": rope, "attention_bias": False, "mlp_bias": False,
             "attention_dropout": 0.0, "tie_word_embeddings": cfg.tie_embeddings,
             "id2label": {str(i): x for i, x in enumerate(labels)}, "label2id": {x: i for i, x in enumerate(labels)},

