@@ -8,7 +8,7 @@ from llmclf.models import MODELS, build_model
 from llmclf.models.common import Attend
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_single_query_last_block_equals_pooling_the_full_forward(arch, pooling, causal):

@@ -16,7 +16,7 @@ from llmclf.decision import Decision
 from llmclf.models import MODELS, build_model
 from llmclf.predict import load_classifier, predict_texts
 from llmclf.tokenizer import GPT2Tokenizer
-from llmclf.weights import _llama_tokenizer
+from llmclf.weights import _gguf_tokenizer
 
 transformers = pytest.importorskip("transformers")
 LABELS = ["ham", "spam", "promo"]
@@ -46,7 +46,7 @@ def _saved(tmp_path, pooling="last_nonpad", temperature=0.7, arch="gpt2", head_b
                 p.normal_(1.0 if "norm" in name else 0.0, 0.3)
     run = tmp_path / "run"
     run.mkdir()
-    tokenizer = GPT2Tokenizer(GPT2_TOKENIZER_DIR) if arch == "gpt2" else _llama_tokenizer()
+    tokenizer = GPT2Tokenizer(GPT2_TOKENIZER_DIR) if arch == "gpt2" else _gguf_tokenizer("smollm2-135m-instruct-q4")
     name = f"{arch}-tiny" if arch in ("gpt2", "llama") else "llama-tiny"
     save_classifier(model, tokenizer, run / "model", labels=LABELS, max_length=48, model_name=name,
                     extra={"decision": Decision(temperature=temperature).to_config()})

@@ -18,7 +18,7 @@ def _tiny_lora(arch):
     return set_trainable(model, "lora", lora_rank=4, lora_alpha=8.0)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 def test_lora_trains_only_adapters_head_and_final_norm(arch):
     model = _tiny_lora(arch)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -32,7 +32,7 @@ def test_lora_trains_only_adapters_head_and_final_norm(arch):
     assert all(m.lora.A.shape[1] == 4 and m.lora.scaling == 2.0 for m in wrapped)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 def test_lora_leaves_base_weights_unchanged_by_training(arch):
     model = _tiny_lora(arch)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

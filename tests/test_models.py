@@ -72,7 +72,7 @@ def test_mismatched_weights_are_refused(hf_gpt2_dir, tmp_path):
         load_hf_dir(bad)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 def test_a_block_called_alone_equals_the_models_run_blocks(arch):
     """block(x) without a mask is a causal forward; a Llama block without the model's RoPE tables builds the
     same ones."""

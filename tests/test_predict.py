@@ -11,7 +11,7 @@ from llmclf.models import MODELS, build_model
 from llmclf.predict import Classifier, load_classifier, predict_encoded, predict_texts
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 @pytest.mark.parametrize("pooling", ["last_nonpad", "mean", "first"])
 def test_padding_invariance(arch, pooling):
     torch.manual_seed(0)

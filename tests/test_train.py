@@ -45,7 +45,7 @@ def _train(arch, trainable, pooling, cache, steps_epochs=2, causal=True):
     return state.history, info, model
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 @pytest.mark.parametrize("trainable,pooling", [("last_block", "last_nonpad"), ("last_two_blocks", "mean"),
                                                ("last_layer", "last_nonpad"), ("last_block", "last")])
 def test_cached_training_equals_uncached(arch, trainable, pooling):
@@ -60,7 +60,7 @@ def test_cached_training_equals_uncached(arch, trainable, pooling):
                 assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a, b)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
 @pytest.mark.parametrize("pooling", ["last_nonpad", "mean"])
 def test_prefix_cache_with_shared_prefixes_equals_each_text_alone(arch, pooling):
     torch.manual_seed(0)

@@ -63,7 +63,7 @@ def test_config_and_special_ids(ours):
     assert (cfg.vocab_size, cfg.emb_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_groups, cfg.hidden_dim) == \
         (49152, 576, 30, 9, 3, 1536)
     assert cfg.rope_base == 100000.0 and cfg.norm_eps == 1e-5 and cfg.tie_embeddings
-    assert special == {"eos_id": 2, "pad_id": 2, "bos_id": 1}
+    assert special == {"eos_id": 2, "pad_id": 2, "bos_id": 1, "add_bos": False}  # SmolLM2 reads texts without BOS
     assert tok.id_to_token(2) == "<|im_end|>" and tok.id_to_token(1) == "<|im_start|>"
 
 
@@ -214,7 +214,7 @@ def test_synthetic_gguf_untied_with_kv_heads(tmp_path):
 
     model, cfg, tok, special = load_gguf(tmp_path / "tiny.gguf")
     assert not cfg.tie_embeddings and cfg.n_kv_groups == 2 and cfg.norm_eps == 1e-6
-    assert special == {"eos_id": 0, "pad_id": 0, "bos_id": None}
+    assert special == {"eos_id": 0, "pad_id": 0, "bos_id": None, "add_bos": False}
     assert tok.encode(" t<|endoftext|>", add_special_tokens=False).tokens == ["Ġt", "<|endoftext|>"]
     _assert_same_model(model, hf_model)
 

@@ -301,7 +301,7 @@ TEXTS = ["WINNER!! You have won a prize, call now", "see you at lunch?", "ok"]
 
 def _hf_classifier(tmp_path, arch):
     """A GPT2/LlamaForSequenceClassification with random weights and three named labels, saved by transformers."""
-    from llmclf.weights import _llama_tokenizer
+    from llmclf.weights import _gguf_tokenizer
 
     labels = {"id2label": {0: "neg", 1: "neutral", 2: "pos"}, "label2id": {"neg": 0, "neutral": 1, "pos": 2}}
     d = tmp_path / arch
@@ -310,7 +310,7 @@ def _hf_classifier(tmp_path, arch):
         cfg = transformers.GPT2Config(**{**GPT2, "vocab_size": 50257}, pad_token_id=50256, **labels)
         ref = transformers.GPT2ForSequenceClassification(cfg)
     else:
-        tok = _llama_tokenizer()  # SmolLM2's, written beside the weights as the model's tokenizer.json
+        tok = _gguf_tokenizer("smollm2-135m-instruct-q4")  # SmolLM2's, written beside the weights as the model's tokenizer.json
         cfg = transformers.LlamaConfig(**{**LLAMA, "vocab_size": 49152}, pad_token_id=tok.eos_id,
                                        eos_token_id=tok.eos_id, **labels)
         ref = transformers.LlamaForSequenceClassification(cfg)

@@ -180,7 +180,7 @@ def _is_tokenizer(v) -> bool:
     from .tokenizer import LONG_TEXTS, GPT2Tokenizer, HFTokenizer
     if not (isinstance(v, dict) and isinstance(v.get("files"), list) and all(map(_plain_name, v["files"]))
             and isinstance(v.get("append_eos", False), bool) and isinstance(v.get("pair", False), bool)
-            and v.get("long_texts", "cut") in LONG_TEXTS):
+            and v.get("long_texts", "cut") in LONG_TEXTS and (v.get("bos_id") is None or _is_id(v["bos_id"]))):
         return False
     if v.get("type") == HFTokenizer.kind:
         return _is_id(v.get("pad_id")) and _is_id(v.get("eos_id"))
@@ -294,12 +294,12 @@ def _verify_legacy_weights(directory: Path, cfg: dict) -> None:
 
 def backbone_config(f: Path, d: dict):
     """The backbone's GPTConfig/LlamaConfig; an unknown setting or a value of the wrong type is refused."""
-    from .models import GPTConfig, LlamaConfig
+    from .models import CONFIGS
 
     arch = d.get("arch", "gpt2")
-    cls = {"gpt2": GPTConfig, "llama": LlamaConfig}.get(arch) if isinstance(arch, str) else None
+    cls = CONFIGS.get(arch) if isinstance(arch, str) else None
     if cls is None:
-        raise LlmclfError(f"{f}: field 'backbone.arch' must be gpt2 or llama, not {json.dumps(arch)}")
+        raise LlmclfError(f"{f}: field 'backbone.arch' must be one of {', '.join(CONFIGS)}, not {json.dumps(arch)}")
     defaults = {fl.name: fl.default for fl in fields(cls)}
     for k, v in d.items():
         if k not in defaults:

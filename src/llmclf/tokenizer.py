@@ -85,9 +85,19 @@ class _Encoder:
     append_eos = False
     pair = False
     long_texts = "cut"
+    bos_id: int | None = None  # set for models trained with a beginning-of-text token before every text (Gemma)
+
+    def _bos(self, max_length: int | None) -> tuple[list[int], int | None]:
+        """([bos] or [], the room left for the text's own tokens)."""
+        bos = [] if self.bos_id is None else [self.bos_id]
+        return bos, None if max_length is None else max(max_length - len(bos), 1)
 
     def encode_batch(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
-        """Token ids of each text, at most max_length of them when given."""
+        """Token ids of each text (after BOS, if the model has one), at most max_length of them when given."""
+        bos, room = self._bos(max_length)
+        return [bos + ids for ids in self._encode_text(texts, room)]
+
+    def _encode_text(self, texts: list[str], max_length: int | None) -> list[list[int]]:
         eos = self.eos_id if self.append_eos else None
         if not self.pair and self.long_texts == "head_tail" and max_length is not None:
             room = max(max_length - (eos is not None), 0)
@@ -102,8 +112,9 @@ class _Encoder:
 
     def encode_windows(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[int]]:
         """(windows, owner): each text's overlapping windows of at most max_length tokens (half a window apart,
-        at most MAX_WINDOWS), and for every window the index of its text."""
+        at most MAX_WINDOWS), and for every window the index of its text. Each window starts with BOS, if any."""
         eos = self.eos_id if self.append_eos else None
+        bos, max_length = self._bos(max_length)
         width = max(max_length - (eos is not None), 1)
         stride = max(width // 2, 1)
         cap = width + stride * (MAX_WINDOWS - 1)
@@ -111,12 +122,13 @@ class _Encoder:
         for i, ids in enumerate(self._ids(texts, cap)):
             ids = ids[:cap]
             for start in window_starts(len(ids), width, stride):
-                windows.append(ids[start:start + width] + ([eos] if eos is not None else []))
+                windows.append(bos + ids[start:start + width] + ([eos] if eos is not None else []))
                 owner.append(i)
         return windows, owner
 
     def _config(self) -> dict:
         return {"append_eos": self.append_eos, **({"pair": True} if self.pair else {}),
+                **({"bos_id": self.bos_id} if self.bos_id is not None else {}),
                 **({"long_texts": self.long_texts} if self.long_texts != "cut" else {})}
 
 
@@ -165,13 +177,14 @@ class GPT2Tokenizer(_Encoder):
 
 
 class HFTokenizer(_Encoder):
-    """A `tokenizers.Tokenizer` (tokenizer.json or built from GGUF metadata); no BOS is added."""
+    """A `tokenizers.Tokenizer` (tokenizer.json or built from GGUF metadata). Its own post-processor is never
+    run: BOS (bos_id) is added here, for the models that expect it."""
 
     kind = "hf"
 
-    def __init__(self, tokenizer, pad_id: int, eos_id: int):
+    def __init__(self, tokenizer, pad_id: int, eos_id: int, bos_id: int | None = None):
         self.tok = tokenizer
-        self.pad_id, self.eos_id = pad_id, eos_id
+        self.pad_id, self.eos_id, self.bos_id = pad_id, eos_id, bos_id
         self._longest = None  # longest vocabulary entry, computed on first truncated encode
 
     @classmethod
@@ -186,7 +199,7 @@ class HFTokenizer(_Encoder):
         return cls(tok, pad_id if pad_id is not None else eos_id, eos_id)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(_clean(text), add_special_tokens=False).ids
+        return self._bos(None)[0] + self.tok.encode(_clean(text), add_special_tokens=False).ids
 
     def _ids(self, texts: list[str], max_length: int | None, tail: bool = False) -> list[list[int]]:
         if max_length is not None and self._longest is None:
@@ -225,6 +238,7 @@ def load_saved_tokenizer(directory: Path, cfg: dict):
         tok = GPT2Tokenizer(directory)
     elif cfg["type"] == HFTokenizer.kind:
         tok = HFTokenizer.from_file(Path(directory) / "tokenizer.json", cfg["pad_id"], cfg["eos_id"])
+        tok.bos_id = cfg.get("bos_id")
     else:
         raise LlmclfError(f"{directory}: unknown tokenizer type {cfg['type']!r}")
     tok.append_eos = bool(cfg.get("append_eos", False))
@@ -237,12 +251,16 @@ def tokenizer_for_dir(path: Path, arch: str, tokenizer_dir=None):
     """Tokenizer of a Hugging Face model directory: its tokenizer.json, else GPT-2's BPE for GPT-2 models."""
     tj = Path(path) / "tokenizer.json"
     if tj.is_file():
-        eos = None
-        cfg_file = Path(path) / "config.json"
+        c, cfg_file = {}, Path(path) / "config.json"
         if cfg_file.is_file():
-            eos = json.loads(cfg_file.read_text()).get("eos_token_id")
-            eos = eos[0] if isinstance(eos, list) else eos
-        return HFTokenizer.from_file(tj, None, eos) if arch != "gpt2" else GPT2Tokenizer(tokenizer_dir)
+            c = json.loads(cfg_file.read_text())
+        eos = c.get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) else eos
+        if arch == "gpt2":
+            return GPT2Tokenizer(tokenizer_dir)
+        tok = HFTokenizer.from_file(tj, None, eos)
+        tok.bos_id = c.get("bos_token_id", 2) if arch == "gemma3" else None  # Gemma reads every text after <bos>
+        return tok
     if arch == "gpt2":
         return GPT2Tokenizer(tokenizer_dir)
     raise LlmclfError(f"{path}: no tokenizer.json beside the weights")

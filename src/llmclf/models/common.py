@@ -67,17 +67,29 @@ class Attend:
         real tokens only; with every position a query, at all of them."""
         return self.lengths if self.query_pos is not None else None
 
-    def sdpa_mask(self, B: int, Tq: int, Tk: int, device) -> torch.Tensor:
-        """(B, 1, Tq, Tk) boolean, True where a query may attend a key, from lengths and causality."""
+    def sdpa_mask(self, B: int, Tq: int, Tk: int, device, window: int | None = None) -> torch.Tensor:
+        """(B, 1, Tq, Tk) boolean, True where a query may attend a key, from lengths, causality and a sliding
+        window (a query attends the `window` latest positions, its own included)."""
+        if self.tree is not None:  # the tree says who attends whom; the window acts on the tokens' depths
+            mask = self.tree.unsqueeze(1)
+            return mask if window is None else mask & _within(self.positions, self.positions, window).unsqueeze(1)
         keys = torch.arange(Tk, device=device)
         if self.lengths is None:
             mask = torch.ones(B, 1, 1, Tk, dtype=torch.bool, device=device)
         else:
             mask = (keys.view(1, Tk) < self.lengths.view(B, 1)).view(B, 1, 1, Tk)
+        qpos = torch.arange(Tq, device=device).view(1, Tq) if self.query_pos is None else self.query_pos.view(B, 1)
         if self.causal:
-            qpos = torch.arange(Tq, device=device).view(1, Tq) if self.query_pos is None else self.query_pos.view(B, 1)
             mask = mask & (keys.view(1, 1, Tk) <= qpos.unsqueeze(-1)).unsqueeze(1)
+        if window is not None:
+            mask = mask & _within(qpos, keys.view(1, Tk), window).unsqueeze(1)
         return mask
+
+
+def _within(qpos: torch.Tensor, kpos: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, Tq, Tk): True where key and query sit fewer than `window` positions apart (Gemma 3's sliding window:
+    q - k < window, and the same distance the other way when the causal mask is off)."""
+    return (qpos.unsqueeze(-1) - kpos.unsqueeze(-2)).abs() < window
 
 
 def project_real_tokens(linear, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -109,15 +121,16 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, T, H * hd)
 
 
-def attention(q, k, v, mask: Attend, dropout_p: float = 0.0) -> torch.Tensor:
+def attention(q, k, v, mask: Attend, dropout_p: float = 0.0, scale: float | None = None,
+              window: int | None = None) -> torch.Tensor:
     """Scaled-dot-product attention over heads: q (B, H, Tq, hd); k, v (B, Hkv, Tk, hd), Hkv dividing H
     (grouped-query attention) -> (B, H, Tq, hd). Keys at or past a row's length are masked, so right padding
-    never changes a real token's output."""
-    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
-    if mask.tree is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.tree.unsqueeze(1), dropout_p=dropout_p, **gqa)
-    if mask.lengths is None and mask.query_pos is None:
+    never changes a real token's output. scale: None for 1/sqrt(hd); window: a sliding window (Gemma 3)."""
+    kw = {"dropout_p": dropout_p, "scale": scale, **({"enable_gqa": True} if k.shape[1] != q.shape[1] else {})}
+    if window is not None and k.shape[2] <= window:
+        window = None  # positions (and tree depths) differ by less than Tk: the window hides nothing
+    if mask.lengths is None and mask.query_pos is None and mask.tree is None and window is None:
         # Fast path: the fused kernel's own causal mask (or none at all).
-        return F.scaled_dot_product_attention(q, k, v, is_causal=mask.causal, dropout_p=dropout_p, **gqa)
-    attn_mask = mask.sdpa_mask(q.shape[0], q.shape[2], k.shape[2], q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, **gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=mask.causal, **kw)
+    attn_mask = mask.sdpa_mask(q.shape[0], q.shape[2], k.shape[2], q.device, window)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **kw)

