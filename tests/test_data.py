@@ -257,6 +257,20 @@ def test_balance_ratio_keeps_the_majority_at_most_r_times_the_minority(sms_file)
         check_options(FinetuneOptions(out="x", balance_ratio=0.5))
 
 
+def test_split_seed_fixes_the_split_while_seed_varies_the_rest(sms_file):
+    from llmclf.data import load_data
+    from llmclf.options import FinetuneOptions, check_options
+
+    def split(**kw):
+        d = load_data(check_options(FinetuneOptions(out="x", data_file=str(sms_file), **kw)))
+        return [list(f["text"]) for f in (d.train, d.validation, d.test)]
+    book = split()  # seed 123: the book's split
+    assert split(seed=7, split_seed=123) == book
+    assert split(seed=7) != book  # without it, the seed moves the split too
+    with pytest.raises(LlmclfError, match="--split-seed must be from 0 to 2\\*\\*32 - 1, not -1"):
+        check_options(FinetuneOptions(out="x", split_seed=-1))
+
+
 def _sms_frame(sms_file, n_spam, n_ham):
     df = read_table(sms_file)
     return pd.concat([df[df.label == "spam"].head(n_spam), df[df.label == "ham"].head(n_ham)]).reset_index(drop=True)

@@ -30,7 +30,7 @@ _UNSET = object()  # the parsed value of an option the command line did not give
 def add_options(p, keys, *, unset: bool = False) -> None:
     """argparse arguments for these FinetuneOptions fields, derived from their declarations (options.py): the
     type from the default, the help and the rest from the field. `unset`: default None (each row decides)."""
-    from .options import FinetuneOptions, choices, flag
+    from .options import OPTIONAL_INTS, FinetuneOptions, choices, flag
     allowed = choices()
     for f in dataclasses.fields(FinetuneOptions):
         meta = dict(f.metadata)
@@ -49,7 +49,8 @@ def add_options(p, keys, *, unset: bool = False) -> None:
         elif isinstance(default, bool):
             p.add_argument(flag(f.name), action="store_true", **kw)
         else:
-            kind = type(default) if isinstance(default, (int, float)) else str  # ranges: options.check_options
+            kind = type(default) if isinstance(default, (int, float)) else int if f.name in OPTIONAL_INTS else str
+            # (ranges: options.check_options)
             p.add_argument(flag(f.name), type=float if f.name == "split" else kind, choices=allowed.get(f.name),
                            **meta, **kw)
 

@@ -740,13 +740,14 @@ def load_data(opts):
         df, source = load_sms_spam()
     else:
         df, source = read_columns(path, opts), str(opts.train_file or opts.data_file)
+    seed = opts.seed if opts.split_seed is None else opts.split_seed
     if not given:
-        data = prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=opts.seed,
+        data = prepare_data(df, source, balance=opts.balance, split=tuple(opts.split), seed=seed,
                             balance_ratio=opts.balance_ratio, stratify=opts.stratify)
         data.read = {"data": df.attrs.get("read", {"rows": len(df)})}
         return data
     frames = {s: read_columns(f, opts) for s, f in given.items()}
-    data = prepare_given_splits(df, frames, source, given, opts.balance, tuple(opts.split), opts.seed,
+    data = prepare_given_splits(df, frames, source, given, opts.balance, tuple(opts.split), seed,
                                 opts.balance_ratio, opts.stratify)
     data.read = {"train": df.attrs.get("read", {}), **{s: f.attrs.get("read", {}) for s, f in frames.items()}}
     return data

@@ -25,6 +25,8 @@ def opt(default, help: str, **cli):
     return field(default=default, metadata={"help": help, **cli})
 
 
+OPTIONAL_INTS = {"split_seed"}  # options whose default None means "unset" and whose values are integers
+
 AUTO_CONTEXT = 256  # --context-length auto: enough for the news articles of bench/quality.py (mean 252 tokens)
 
 
@@ -65,6 +67,8 @@ class FinetuneOptions:
     split: tuple = opt((0.7, 0.1), "train and validation fractions; the rest is test", nargs=2,
                        metavar=("TRAIN", "VAL"))
     seed: int = opt(123, "seed of the split, the head's initialisation and the data order")
+    split_seed: int | None = opt(None, "seed of the balancing and split alone (default: --seed): vary --seed over "
+                                 "one fixed split, e.g. the book's (123)")
     # model
     model: str = opt("smollm2-135m-instruct-q4", "named model (see `llmclf download --list`) or a local directory")
     weights: str = opt("pretrained", "pretrained weights, or random ones (no download)")
@@ -201,11 +205,13 @@ def coerce(key: str, value, name: str):
         if not isinstance(value, dict):
             raise LlmclfError(f"{name} must be a table, not {value!r}")
         return value
+    if key in OPTIONAL_INTS and value is None:
+        return None
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise LlmclfError(f"{name} must be true or false, not {value!r}")
         return value
-    if isinstance(default, int):
+    if isinstance(default, int) or key in OPTIONAL_INTS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise LlmclfError(f"{name} must be an integer, not {value!r}")
         return value
@@ -221,7 +227,8 @@ def coerce(key: str, value, name: str):
 
 
 DATA_KEYS = ("dataset", "data_file", "train_file", "validation_file", "test_file", "text_column", "label_column",
-             "label_delimiter", "label_columns", "text_pair_column", "balance", "balance_ratio", "stratify", "split", "seed")
+             "label_delimiter", "label_columns", "text_pair_column", "balance", "balance_ratio", "stratify", "split", "seed",
+             "split_seed")
 MODEL_KEYS = ("model", "weights", "tokenizer_dir")
 
 
@@ -239,8 +246,10 @@ def check_options(opts: FinetuneOptions, where: str | None = None) -> FinetuneOp
     for key, low in MINIMUM.items():
         if getattr(opts, key) < low:
             raise LlmclfError(f"{name(key)} must be at least {low}, not {getattr(opts, key)}")
-    if opts.seed >= 2**32:
-        raise LlmclfError(f"{name('seed')} must be below 2**32, not {opts.seed}")
+    for key in ("seed", "split_seed"):
+        value = getattr(opts, key)
+        if value is not None and not 0 <= value < 2**32:
+            raise LlmclfError(f"{name(key)} must be from 0 to 2**32 - 1, not {value}")
     if not opts.search_minutes > 0:
         raise LlmclfError(f"{name('search_minutes')} must be a positive number, not {opts.search_minutes}")
     for key, positive in (("lr", True), ("lora_alpha", True), ("weight_decay", False)):
