@@ -336,12 +336,12 @@ def run_one(ds: str, seed: int, recipe: str, kv: dict, args, store, stats, basel
         if ds == "sms":
             data_info["full"].to_csv(data_file, index=False)
         else:
-            arranged_csv(data_info["sample"], seed, data_file)
+            arranged_csv(data_info["sample"], seed if args.split_seed is None else args.split_seed, data_file)
     cols = {"text_column": "text", "label_column": "label"}
     if ds == "sms" and corpora.SMS_FILE.is_file():  # the UCI file itself, read as `llmclf train --data-file` does:
         data_file, cols = corpora.SMS_FILE, {}      # the book's 5,572 rows, so seed 123 is the book split
     opts = FinetuneOptions(out=str(work / recipe), model=args.model, data_file=str(data_file),
-                           **cols, balance=(ds == "sms"), seed=seed,
+                           **cols, balance=(ds == "sms"), seed=seed, split_seed=args.split_seed,
                            overwrite=True, quiet=not args.verbose, checkpoint_every=0)
     for k, v in kv.items():
         setattr(opts, k, v)
@@ -463,6 +463,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="sms,trec6,trec50,vader,news", help=f"comma list of {', '.join(corpora.LOADERS)}")
     ap.add_argument("--seeds", default="123,124,125")
+    ap.add_argument("--split-seed", type=int, help="one split for every seed (e.g. 123: the book's SMS split); "
+                    "--seeds then vary only the head's initialisation and the data order")
     ap.add_argument("--model", default="smollm2-135m-instruct-q4")
     ap.add_argument("--recipe", action="append", help="NAME:key=value,... (repeatable); default: 'default'")
     ap.add_argument("--subsample", action="append", default=[], help="DATASET=N (0: all)")

@@ -1,6 +1,6 @@
-"""`llmclf export --format hf`: transformers' own loaders and pipeline run the exported GPT-2 and Llama classifiers
-with the labels and probabilities (within 1e-4) that llmclf gives on SMS texts; what the format cannot hold is
-refused, nothing written."""
+"""`llmclf export --format hf`: transformers' own loaders and pipeline run the exported GPT-2, Llama-family and
+Gemma 3 classifiers with the labels and probabilities (within 1e-4) that llmclf gives on SMS texts; what the
+format cannot hold is refused, nothing written."""
 
 from __future__ import annotations
 
@@ -42,12 +42,14 @@ def _saved(tmp_path, pooling="last_nonpad", temperature=0.7, arch="gpt2", head_b
             model.backbone.out_head.bias.copy_(torch.tensor([1.5, -2.0, 0.5]))
         model.backbone.out_head.weight.mul_(20.0)  # probabilities far from uniform, so a mismatch would show
         for name, p in model.backbone.named_parameters():  # fresh q/k/v biases are zeros, norms ones: make them count
-            if name.endswith(("W_query.bias", "W_key.bias", "W_value.bias", "q_norm.weight", "k_norm.weight")):
+            if name.endswith(("W_query.bias", "W_key.bias", "W_value.bias", "q_norm.weight", "k_norm.weight")) \
+                    or (arch == "gemma3" and "norm" in name):  # Gemma's norms start at zero (a scale of 1)
                 p.normal_(1.0 if "norm" in name else 0.0, 0.3)
     run = tmp_path / "run"
     run.mkdir()
-    tokenizer = GPT2Tokenizer(GPT2_TOKENIZER_DIR) if arch == "gpt2" else _gguf_tokenizer("smollm2-135m-instruct-q4")
-    name = f"{arch}-tiny" if arch in ("gpt2", "llama") else "llama-tiny"
+    tokenizer = GPT2Tokenizer(GPT2_TOKENIZER_DIR) if arch == "gpt2" else _gguf_tokenizer(
+        "gemma3-270m-q4" if arch == "gemma3" else "smollm2-135m-instruct-q4")  # Gemma's: BOS before every text
+    name = f"{arch}-tiny" if arch in ("gpt2", "llama", "gemma3") else "llama-tiny"
     save_classifier(model, tokenizer, run / "model", labels=LABELS, max_length=48, model_name=name,
                     extra={"decision": Decision(temperature=temperature).to_config()})
     return run
@@ -56,7 +58,8 @@ def _saved(tmp_path, pooling="last_nonpad", temperature=0.7, arch="gpt2", head_b
 @pytest.mark.parametrize("arch, architecture", [("gpt2", "GPT2ForSequenceClassification"),
                                                 ("llama", "LlamaForSequenceClassification"),
                                                 ("qwen2", "Qwen2ForSequenceClassification"),
-                                                ("qwen3", "Qwen3ForSequenceClassification")])
+                                                ("qwen3", "Qwen3ForSequenceClassification"),
+                                                ("gemma3", "Gemma3TextForSequenceClassification")])
 def test_transformers_pipeline_on_the_export_gives_llmclfs_labels_and_probabilities(tmp_path, arch, architecture):
     run = _saved(tmp_path, arch=arch)
     r = run_cli("export", run, "--format", "hf", "--out", tmp_path / "hf")

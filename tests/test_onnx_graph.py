@@ -41,8 +41,9 @@ def _saved(tmp_path, arch="gpt2-tiny", pooling="last_nonpad", decision=Decision(
             model.backbone.out_head.bias.copy_(torch.tensor([0.3, -0.2]))
     if arch == "gpt2-tiny":
         tokenizer = GPT2Tokenizer(GPT2_TOKENIZER_DIR)
-    else:  # a byte-level BPE over GPT-2's files, as the Llama family's tokenizer.json is
-        tokenizer = HFTokenizer(_hf_tokenizer(None, GPT2_TOKENIZER_DIR), pad_id=0, eos_id=0)
+    else:  # a byte-level BPE over GPT-2's files, as the Llama family's tokenizer.json is (Gemma's: after a BOS)
+        tokenizer = HFTokenizer(_hf_tokenizer(None, GPT2_TOKENIZER_DIR), pad_id=0, eos_id=0,
+                                bos_id=1 if arch == "gemma3-tiny" else None)
     run = tmp_path / "run"
     run.mkdir()
     save_classifier(model, tokenizer, run / "model", labels=LABELS, max_length=32, model_name=arch,
@@ -55,7 +56,9 @@ def _run_export(out, texts):
     from tokenizers import Tokenizer
     card = json.loads((out / "classifier.json").read_text())
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
-    ids = [e.ids[: card["max_length"]] or [card["pad_id"]] for e in tok.encode_batch(texts, add_special_tokens=False)]
+    bos = [] if card["bos_id"] is None else [card["bos_id"]]
+    ids = [(bos + e.ids)[: card["max_length"]] or [card["pad_id"]]
+           for e in tok.encode_batch(texts, add_special_tokens=False)]
     width = max(map(len, ids))
     batch = np.array([e + [card["pad_id"]] * (width - len(e)) for e in ids], dtype=np.int64)
     mask = np.array([[1] * len(e) + [0] * (width - len(e)) for e in ids], dtype=np.int64)
@@ -67,6 +70,7 @@ def _run_export(out, texts):
 @pytest.mark.parametrize("arch,pooling,decision", [
     ("gpt2-tiny", "last_nonpad", Decision(temperature=0.7, threshold=0.45, positive=1, target="best_f1")),
     ("llama-tiny", "mean", Decision(temperature=1.3)),
+    ("gemma3-tiny", "last_nonpad", Decision(temperature=0.9)),  # sliding-window layers, BOS before every text
 ])
 def test_onnxruntime_on_the_export_gives_llmclfs_probabilities_and_labels(tmp_path, arch, pooling, decision):
     run, texts = _saved(tmp_path, arch, pooling, decision), _texts()

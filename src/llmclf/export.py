@@ -1,15 +1,17 @@
 """`llmclf export RUN_DIR --format hf|onnx --out DIR`. `onnx`: the graph of onnx_graph.py with its tokenizer
-and labels. `hf`: a saved classifier as transformers' GPT2ForSequenceClassification or
-LlamaForSequenceClassification, which `AutoModelForSequenceClassification` and `AutoTokenizer` load with no
-custom code and `pipeline("text-classification")` runs.
+and labels. `hf`: a saved classifier as transformers' GPT2ForSequenceClassification,
+LlamaForSequenceClassification (Qwen2/Qwen3 alike) or Gemma3TextForSequenceClassification, which
+`AutoModelForSequenceClassification` and `AutoTokenizer` load with no custom code and
+`pipeline("text-classification")` runs.
 
 The mapping is exact or refused. transformers reads the last real token's final-norm output through `score`,
 a Linear without bias. GPT-2: our head has a bias b, and the final LayerNorm a shift beta that only the head
 reads, so beta' = beta + W^+ b gives W beta' = W beta + b whenever W (classes x width) has full row rank
-(checked). The Llama family: RMSNorm has no shift, so its heads are trained without a bias (classifier.py) and
-map one to one. The calibration temperature T divides the logits, so W / T (and b / T) carry it. What the
-format cannot hold (mean or first-token pooling, no causal mask, a TF-IDF blend, a decision threshold, an
-appended end-of-text token, a Llama head with a bias) is one line saying why, and nothing is written.
+(checked). The Llama family and Gemma 3: RMSNorm has no shift, so their heads are trained without a bias
+(classifier.py) and map one to one. The calibration temperature T divides the logits, so W / T (and b / T)
+carry it. What the format cannot hold (mean or first-token pooling, no causal mask, a TF-IDF blend, a decision
+threshold, an appended end-of-text token, a Llama head with a bias) is one line saying why, and nothing is
+written.
 """
 
 from __future__ import annotations
@@ -35,9 +37,12 @@ def export_hf(run_dir, out) -> Path:
     model, tokenizer, cfg, directory = load_classifier_parts(Path(run_dir))
     decision = load_decision(cfg, Path(directory) / "config.json")
     _refuse_what_hf_cannot_hold(model, tokenizer, cfg, decision)
-    gpt2 = model.backbone.cfg.arch == "gpt2"
-    state = (hf_gpt2_state if gpt2 else hf_llama_state)(model, decision.temperature)
-    config = (hf_gpt2_config if gpt2 else hf_llama_config)(model.backbone.cfg, cfg["labels"], tokenizer)
+    arch = model.backbone.cfg.arch
+    gpt2 = arch == "gpt2"
+    state_of, config_of = {"gpt2": (hf_gpt2_state, hf_gpt2_config), "llama": (hf_llama_state, hf_llama_config),
+                           "gemma3": (hf_gemma3_state, hf_gemma3_config)}[arch]
+    state = state_of(model, decision.temperature)
+    config = config_of(model.backbone.cfg, cfg["labels"], tokenizer)
 
     def write(tmp: Path) -> None:
         from safetensors.torch import save_file
@@ -251,17 +256,65 @@ def hf_llama_config(cfg, labels: list[str], tokenizer) -> dict:
             "pad_token_id": tokenizer.pad_id, "eos_token_id": tokenizer.eos_id, "torch_dtype": "float32"}
 
 
+def hf_gemma3_state(model, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """Our Gemma 3 names -> transformers' (weights.hf.GEMMA3_NAMES); the head is `score` over T."""
+    from .weights.hf import GEMMA3_NAMES
+
+    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.backbone.state_dict().items()}
+    out = {"model.embed_tokens.weight": sd.pop("tok_emb.weight"), "model.norm.weight": sd.pop("final_norm.weight"),
+           "score.weight": sd.pop("out_head.weight") / temperature}
+    for i in range(model.backbone.cfg.n_layers):
+        for ours, theirs in GEMMA3_NAMES.items():
+            out[f"model.layers.{i}.{theirs}.weight"] = sd.pop(f"trf_blocks.{i}.{ours}.weight")
+    if sd:
+        raise LlmclfError(f"cannot export to the Hugging Face format: no place for the tensor {sorted(sd)[0]}")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def hf_gemma3_config(cfg, labels: list[str], tokenizer) -> dict:
+    """Gemma3TextConfig's fields for our config; layer kinds written out, RoPE in both spellings (5 and 4.x)."""
+    kinds = ["sliding_attention" if (i + 1) % cfg.sliding_pattern else "full_attention" for i in range(cfg.n_layers)]
+    return {"architectures": ["Gemma3TextForSequenceClassification"], "model_type": "gemma3_text",
+            "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length, "hidden_size": cfg.emb_dim,
+            "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_groups, "head_dim": cfg.head_dim, "hidden_activation": "gelu_pytorch_tanh",
+            "rms_norm_eps": cfg.norm_eps, "query_pre_attn_scalar": _int_if_whole(cfg.query_pre_attn_scalar),
+            "sliding_window": cfg.sliding_window, "sliding_window_pattern": cfg.sliding_pattern, "layer_types": kinds,
+            "rope_theta": cfg.rope_base, "rope_local_base_freq": cfg.rope_local_base,
+            "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_base},
+                                "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_local_base}},
+            "attention_bias": False, "attention_dropout": 0.0, "final_logit_softcapping": None,
+            "attn_logit_softcapping": None, "tie_word_embeddings": cfg.tie_embeddings,
+            "id2label": {str(i): x for i, x in enumerate(labels)}, "label2id": {x: i for i, x in enumerate(labels)},
+            "pad_token_id": tokenizer.pad_id, "eos_token_id": tokenizer.eos_id, "bos_token_id": tokenizer.bos_id,
+            "torch_dtype": "float32"}
+
+
+def _int_if_whole(x: float):
+    """256.0 -> 256 (transformers' config classes check that this field is an int)."""
+    return int(x) if float(x).is_integer() else x
+
+
 def _write_hf_tokenizer(out: Path, tokenizer, max_length: int) -> None:
-    """The classifier's tokenizer.json as PreTrainedTokenizerFast reads it. llmclf encodes without special
-    tokens, so the post-processor (which may add a BOS) is dropped; texts are cut at max_length (call the
-    pipeline with truncation=True) and padded on the right with the classifier's pad token."""
+    """The classifier's tokenizer.json as PreTrainedTokenizerFast reads it. llmclf encodes without the file's own
+    special tokens, so its post-processor is replaced: by one adding BOS for the models that read every text
+    after it (Gemma), else by none. Texts are cut at max_length, BOS included (call the pipeline with
+    truncation=True), and padded on the right with the classifier's pad token."""
+    from tokenizers import processors
+
     spec = json.loads(tokenizer.tok.to_str())
-    spec.update(post_processor=None, truncation=None, padding=None)
+    post = None
+    if tokenizer.bos_id is not None:
+        bos = tokenizer.tok.id_to_token(tokenizer.bos_id)
+        template = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_id)])
+        post = json.loads(template.__getstate__())
+    spec.update(post_processor=post, truncation=None, padding=None)
     (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     token = tokenizer.tok.id_to_token
     _write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
         "pad_token": token(tokenizer.pad_id), "eos_token": token(tokenizer.eos_id), "padding_side": "right",
+        **({"bos_token": token(tokenizer.bos_id)} if tokenizer.bos_id is not None else {}),
         "clean_up_tokenization_spaces": False})
 
 

@@ -127,8 +127,9 @@ def attention(q, k, v, mask: Attend, dropout_p: float = 0.0, scale: float | None
     (grouped-query attention) -> (B, H, Tq, hd). Keys at or past a row's length are masked, so right padding
     never changes a real token's output. scale: None for 1/sqrt(hd); window: a sliding window (Gemma 3)."""
     kw = {"dropout_p": dropout_p, "scale": scale, **({"enable_gqa": True} if k.shape[1] != q.shape[1] else {})}
-    if window is not None and k.shape[2] <= window:
+    if window is not None and k.shape[2] <= window and not torch.compiler.is_exporting():
         window = None  # positions (and tree depths) differ by less than Tk: the window hides nothing
+        # (a graph being exported keeps the window: it must hold for every length, not the example's)
     if mask.lengths is None and mask.query_pos is None and mask.tree is None and window is None:
         # Fast path: the fused kernel's own causal mask (or none at all).
         return F.scaled_dot_product_attention(q, k, v, is_causal=mask.causal, **kw)
