@@ -76,3 +76,25 @@ def test_long_texts_head_tail_and_windows():
     tok.append_eos = True
     windows, _ = tok.encode_windows([text], 20)
     assert windows[1] == ids[9:28] + [50256]  # every window ends with the end-of-text token
+
+
+def test_a_bos_token_starts_every_text_and_window_within_max_length_and_survives_saving(tmp_path):
+    """Gemma reads every text after <bos>: encode, encode_batch, windows and pairs all start with it, and it
+    counts toward max_length."""
+    from llmclf.export import _hf_tokenizer
+    from llmclf.tokenizer import HFTokenizer, join_pair
+
+    tok = HFTokenizer(_hf_tokenizer(None, GPT2_TOKENIZER_DIR), pad_id=0, eos_id=50256, bos_id=7)
+    text = " ".join(f"w{i}" for i in range(25))
+    ids = tok.tok.encode(text, add_special_tokens=False).ids
+    assert tok.encode(text) == [7] + ids
+    assert tok.encode_batch([text], max_length=5) == [[7] + ids[:4]]
+    tok.append_eos = True
+    assert tok.encode_batch([text], max_length=5) == [[7] + ids[:3] + [50256]]
+    tok.append_eos, tok.long_texts = False, "windows"
+    windows, _ = tok.encode_windows([text], 11)
+    assert windows[0] == [7] + ids[:10] and windows[1] == [7] + ids[5:15]
+    tok.long_texts, tok.pair = "cut", True
+    assert tok.encode_batch([join_pair("w1", "w2")])[0] == [7] + tok.tok.encode("w1").ids + [50256] + tok.tok.encode("w2").ids
+    again = load_saved_tokenizer(tmp_path, tok.save(tmp_path))
+    assert again.bos_id == 7 and again.encode_batch([text], 5) == tok.encode_batch([text], 5)
