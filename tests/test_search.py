@@ -93,8 +93,8 @@ TINY = ["train", "--model", "gpt2-tiny", "--weights", "random", "--tokenizer-dir
 
 @pytest.fixture(scope="module")
 def longer_csv(tmp_path_factory):
-    """200 texts: with batch 1, each pooling's run takes 140 steps, long enough to interrupt at step 40."""
-    return _spam_csv(tmp_path_factory.mktemp("data"), 100)
+    """120 texts: with batch 1, each pooling's run takes 84 steps, long enough to interrupt at step 40."""
+    return _spam_csv(tmp_path_factory.mktemp("data"), 60)
 
 
 def _choice(out):
