@@ -87,6 +87,9 @@ def test_transformers_pipeline_on_the_export_gives_llmclfs_labels_and_probabilit
     with torch.no_grad():
         batch = model(**padded).logits.softmax(-1)
     torch.testing.assert_close(batch, want[-len(TEXTS):], atol=1e-4, rtol=0)
+    short = [i for i, t in enumerate(texts) if len(tok(t)["input_ids"]) < 48]  # imported, texts are cut at the context
+    back = predict_texts(load_classifier(tmp_path / "hf", "cpu"), [texts[i] for i in short])  # and read back
+    torch.testing.assert_close(back, want[short], atol=1e-4, rtol=0)
 
 
 def test_a_llama_head_with_a_bias_is_refused_by_the_hf_format(tmp_path):

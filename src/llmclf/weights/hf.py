@@ -373,11 +373,12 @@ def _backbone(path: Path, cfg, hf: Checkpoint):
 
 # transformers' sequence classifiers that are the backbones here plus a bias-free linear `score` on the last
 # non-pad token: exactly a TextClassifier with last_nonpad pooling and a zero head bias.
-HF_CLASSIFIERS = ("GPT2ForSequenceClassification", "LlamaForSequenceClassification")
+HF_CLASSIFIERS = ("GPT2ForSequenceClassification", "LlamaForSequenceClassification", "Qwen2ForSequenceClassification",
+                  "Qwen3ForSequenceClassification", "Gemma3TextForSequenceClassification")
 
 
 def is_hf_classifier(path: Path) -> bool:
-    """A directory transformers saved a GPT-2 or Llama sequence classifier into (not an llmclf model/)."""
+    """A directory transformers saved one of HF_CLASSIFIERS into (not an llmclf model/)."""
     try:
         c = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -393,7 +394,7 @@ def load_hf_classifier(path: Path):
     cfg = config_from_hf(c)
     hf = Checkpoint(read_safetensors_dir(path))
     score, labels = _score_and_labels(path, c, hf)
-    if cfg.arch == "llama" and not cfg.tie_embeddings and "lm_head.weight" not in hf:
+    if cfg.arch != "gpt2" and not cfg.tie_embeddings and "lm_head.weight" not in hf:
         hf.tensors["lm_head.weight"] = hf.tensors["model.embed_tokens.weight"]  # no LM head: a stand-in, replaced
     return _backbone(path, cfg, hf), cfg, score, labels
 
