@@ -85,6 +85,8 @@ def enable_n_blocks():
     original = C.set_trainable
     extra = tuple(f"last_{n}_blocks" for n in range(3, 13))
     C.TRAINABLE = tuple(C.TRAINABLE) + extra
+    import llmclf.options as O
+    O.TRAINABLE = C.TRAINABLE  # check_options reads its own copy of the name
 
     def set_trainable(model, trainable="last_block", lora_rank=8, lora_alpha=16.0):
         if trainable not in extra:
