@@ -77,6 +77,16 @@ def test_settings_not_implemented_are_refused_by_name(tmp_path, setting, value):
         load_hf_dir(tmp_path / "g")
 
 
+def test_layer_kinds_other_than_every_nth_global_are_refused(tmp_path):
+    import json
+    _reference().save_pretrained(tmp_path / "g")
+    c = json.loads((tmp_path / "g" / "config.json").read_text())
+    c["layer_types"] = ["full_attention"] * 4
+    (tmp_path / "g" / "config.json").write_text(json.dumps(c))
+    with pytest.raises(LlmclfError, match="layer_types: .* \\(implemented: every 2th layer global\\)"):
+        load_hf_dir(tmp_path / "g")
+
+
 def _write_gguf(path, ref):
     """ref as llama.cpp's converter writes a gemma3 GGUF: norms stored as 1 + weight, q/k rows not permuted,
     a SentencePiece vocabulary of tokens, scores and types (no merges), BOS added."""

@@ -221,21 +221,34 @@ def _write_gpt2_tokenizer(out: Path, directory: Path, cfg: dict, pad_id: int) ->
 
 def hf_llama_state(model, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """Our Llama names -> transformers' (q/k are in rotate-half order in both); the head is `score` over T."""
-    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.backbone.state_dict().items()}
-    out = {"model.embed_tokens.weight": sd.pop("tok_emb.weight"), "model.norm.weight": sd.pop("final_norm.weight"),
-           "score.weight": sd.pop("out_head.weight") / temperature}
     names = {"att.W_query": "self_attn.q_proj", "att.W_key": "self_attn.k_proj", "att.W_value": "self_attn.v_proj",
              "att.out_proj": "self_attn.o_proj", "ff.fc1": "mlp.gate_proj", "ff.fc3": "mlp.up_proj",
              "ff.fc2": "mlp.down_proj", "norm1": "input_layernorm", "norm2": "post_attention_layernorm"}
     cfg = model.backbone.cfg
     biases = ("att.W_query", "att.W_key", "att.W_value") if cfg.qkv_bias else ()  # Qwen2
     names.update({"att.q_norm": "self_attn.q_norm", "att.k_norm": "self_attn.k_norm"} if cfg.qk_norm else {})  # Qwen3
-    for i in range(cfg.n_layers):
+    return _hf_decoder_state(model, temperature, names, biases)
+
+
+def hf_gemma3_state(model, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """Our Gemma 3 names -> transformers' (weights.hf.GEMMA3_NAMES); the head is `score` over T."""
+    from .weights.hf import GEMMA3_NAMES
+    return _hf_decoder_state(model, temperature, GEMMA3_NAMES)
+
+
+def _hf_decoder_state(model, temperature: float, names: dict[str, str], biases=()) -> dict[str, torch.Tensor]:
+    """transformers' `model.` naming for a Llama-family or Gemma backbone: embedding, final norm, `score` (the head
+    over T), and each block's tensors by `names` (ours -> theirs; `biases`: the modules that also have a bias).
+    A tensor with no place there is refused rather than dropped."""
+    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.backbone.state_dict().items()}
+    out = {"model.embed_tokens.weight": sd.pop("tok_emb.weight"), "model.norm.weight": sd.pop("final_norm.weight"),
+           "score.weight": sd.pop("out_head.weight") / temperature}
+    for i in range(model.backbone.cfg.n_layers):
         for ours, theirs in names.items():
             out[f"model.layers.{i}.{theirs}.weight"] = sd.pop(f"trf_blocks.{i}.{ours}.weight")
         for ours in biases:
             out[f"model.layers.{i}.{names[ours]}.bias"] = sd.pop(f"trf_blocks.{i}.{ours}.bias")
-    if sd:  # a tensor with no place in LlamaForSequenceClassification: refuse rather than drop it
+    if sd:
         raise LlmclfError(f"cannot export to the Hugging Face format: no place for the tensor {sorted(sd)[0]}")
     return {k: v.contiguous() for k, v in out.items()}
 
@@ -256,24 +269,10 @@ def hf_llama_config(cfg, labels: list[str], tokenizer) -> dict:
             "pad_token_id": tokenizer.pad_id, "eos_token_id": tokenizer.eos_id, "torch_dtype": "float32"}
 
 
-def hf_gemma3_state(model, temperature: float = 1.0) -> dict[str, torch.Tensor]:
-    """Our Gemma 3 names -> transformers' (weights.hf.GEMMA3_NAMES); the head is `score` over T."""
-    from .weights.hf import GEMMA3_NAMES
-
-    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.backbone.state_dict().items()}
-    out = {"model.embed_tokens.weight": sd.pop("tok_emb.weight"), "model.norm.weight": sd.pop("final_norm.weight"),
-           "score.weight": sd.pop("out_head.weight") / temperature}
-    for i in range(model.backbone.cfg.n_layers):
-        for ours, theirs in GEMMA3_NAMES.items():
-            out[f"model.layers.{i}.{theirs}.weight"] = sd.pop(f"trf_blocks.{i}.{ours}.weight")
-    if sd:
-        raise LlmclfError(f"cannot export to the Hugging Face format: no place for the tensor {sorted(sd)[0]}")
-    return {k: v.contiguous() for k, v in out.items()}
-
-
 def hf_gemma3_config(cfg, labels: list[str], tokenizer) -> dict:
     """Gemma3TextConfig's fields for our config; layer kinds written out, RoPE in both spellings (5 and 4.x)."""
-    kinds = ["sliding_attention" if (i + 1) % cfg.sliding_pattern else "full_attention" for i in range(cfg.n_layers)]
+    from .weights.hf import gemma3_layer_types
+    kinds = gemma3_layer_types(cfg)
     return {"architectures": ["Gemma3TextForSequenceClassification"], "model_type": "gemma3_text",
             "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length, "hidden_size": cfg.emb_dim,
             "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,

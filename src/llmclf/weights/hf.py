@@ -194,22 +194,26 @@ def _gemma3_ropes(c: dict, problems: list[str]) -> tuple[float, float]:
     return bases[0], bases[1]
 
 
+def gemma3_layer_types(cfg: Gemma3Config) -> list[str]:
+    """transformers' `layer_types` for cfg (what Gemma3Config.sliding says of each layer)."""
+    return ["sliding_attention" if cfg.sliding(i) else "full_attention" for i in range(cfg.n_layers)]
+
+
 def gemma3_config_from_hf(c: dict) -> Gemma3Config:
     problems = unsupported_settings(c, GEMMA3_SETTINGS)
     pattern = c.get("sliding_window_pattern") or c.get("_sliding_window_pattern") or 6
-    n = c["num_hidden_layers"]
-    expected = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
-    if c.get("layer_types") not in (None, expected):
-        problems.append(f"layer_types: {json.dumps(c['layer_types'])[:80]} (implemented: every {pattern}th layer global)")
     rope, rope_local = _gemma3_ropes(c, problems)
+    cfg = Gemma3Config(vocab_size=c["vocab_size"], context_length=c.get("max_position_embeddings", 32768),
+                       emb_dim=c["hidden_size"], n_heads=c["num_attention_heads"],
+                       n_kv_groups=c.get("num_key_value_heads") or c["num_attention_heads"], head_dim=c.get("head_dim", 256),
+                       hidden_dim=c["intermediate_size"], n_layers=c["num_hidden_layers"], rope_base=rope,
+                       rope_local_base=rope_local, sliding_window=c.get("sliding_window") or 4096, sliding_pattern=pattern,
+                       query_pre_attn_scalar=float(c.get("query_pre_attn_scalar", 256)),
+                       norm_eps=c.get("rms_norm_eps", 1e-6), tie_embeddings=bool(c.get("tie_word_embeddings", True)))
+    if c.get("layer_types") not in (None, gemma3_layer_types(cfg)):
+        problems.append(f"layer_types: {json.dumps(c['layer_types'])[:80]} (implemented: every {pattern}th layer global)")
     refuse_unsupported(problems, "Gemma 3")
-    return Gemma3Config(vocab_size=c["vocab_size"], context_length=c.get("max_position_embeddings", 32768),
-                        emb_dim=c["hidden_size"], n_heads=c["num_attention_heads"],
-                        n_kv_groups=c.get("num_key_value_heads") or c["num_attention_heads"], head_dim=c.get("head_dim", 256),
-                        hidden_dim=c["intermediate_size"], n_layers=n, rope_base=rope, rope_local_base=rope_local,
-                        sliding_window=c.get("sliding_window") or 4096, sliding_pattern=pattern,
-                        query_pre_attn_scalar=float(c.get("query_pre_attn_scalar", 256)),
-                        norm_eps=c.get("rms_norm_eps", 1e-6), tie_embeddings=bool(c.get("tie_word_embeddings", True)))
+    return cfg
 
 
 def config_from_hf(c: dict) -> GPTConfig | LlamaConfig | Gemma3Config:
