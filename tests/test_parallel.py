@@ -38,3 +38,19 @@ def test_map_batches_runs_in_order_on_one_thread_or_one_item():
     finally:
         torch.set_num_threads(old)
     assert calls == [5, 1, 2, 3]
+
+
+def test_map_batches_carries_the_caller_s_autocast_into_every_worker():
+    """Autocast is per thread: a bfloat16 frozen pass or prediction must run in bfloat16 in the workers too."""
+    layer = torch.nn.Linear(16, 16)
+    items = [torch.randn(n, 16) for n in (4, 9, 2, 6)]
+    seen = []
+
+    def fn(x):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return layer(x).dtype
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dtypes = map_batches(fn, items, "cpu", cost=len)
+    assert dtypes == [torch.bfloat16] * 4 and all(seen)
+    assert map_batches(fn, items, "cpu", cost=len) == [torch.float32] * 4  # and none without it

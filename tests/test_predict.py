@@ -213,3 +213,32 @@ def test_multilabel_training_reports_the_field_s_metrics_and_refuses_single_labe
 def pd_read(path):
     import pandas as pd
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_reduced_precision_prediction_keeps_the_labels_and_moves_the_probabilities_a_little(tiny_run, dtype):
+    """bfloat16 / int8: the same labels as float32 on the run's test split, probabilities within 0.05, and not
+    bit-equal (the forwards did run in reduced precision); the weights are stored as the dtype says."""
+    import pandas as pd
+    texts = [str(t) for t in pd.read_csv(tiny_run / "test.csv")["text"]]
+    full = predict_texts(load_classifier(tiny_run, "cpu"), texts)
+    clf = load_classifier(tiny_run, "cpu", dtype=dtype)
+    low = predict_texts(clf, texts)
+    assert clf.dtype == dtype
+    linears = [m for m in clf.model.blocks.modules() if "Linear" in type(m).__name__]
+    if dtype == "bfloat16":
+        assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    else:
+        assert linears and all("quantized" in type(m).__module__ for m in linears)
+    assert (low.argmax(1) == full.argmax(1)).float().mean() >= 0.99
+    assert 0 < (low - full).abs().max() < 0.05
+
+
+def test_dtype_auto_follows_the_hardware_and_onnx_refuses_reduced_precision(tiny_run):
+    from llmclf.precision import cpu_has_native_bf16
+    assert load_classifier(tiny_run, "cpu", dtype="auto").dtype == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    r = run_cli("predict", tiny_run, "hello", "--backend", "onnx", "--dtype", "int8")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--backend onnx runs the float32 graph" in r.stderr
+    r = run_cli("predict", tiny_run, "hello", "--dtype", "bfloat16", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["label"] in ("ham", "spam")

@@ -29,7 +29,7 @@ class FakeDataset:
         return len(self.encoded)
 
 
-def _train(arch, trainable, pooling, cache, steps_epochs=2, causal=True):
+def _train(arch, trainable, pooling, cache, steps_epochs=2, causal=True, memory_budget=4 << 30):
     torch.manual_seed(0)
     backbone = build_model(replace(MODELS[f"{arch}-tiny"].config, n_layers=3))
     model = TextClassifier(backbone, 2, pooling, causal)
@@ -37,7 +37,8 @@ def _train(arch, trainable, pooling, cache, steps_epochs=2, causal=True):
     vocab = backbone.cfg.vocab_size
     datasets = {"train": FakeDataset(40, vocab, 1), "validation": FakeDataset(12, vocab, 2),
                 "test": FakeDataset(12, vocab, 3)}
-    loaders, info = make_loaders(model, datasets, 4, "cpu", seed=3, cache=cache, log=lambda *_: None)
+    loaders, info = make_loaders(model, datasets, 4, "cpu", seed=3, cache=cache, log=lambda *_: None,
+                                 memory_budget=memory_budget)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.1)
     state = TrainState()
     train_classifier_simple(model, loaders["train"], loaders["validation"], opt, "cpu", steps_epochs, 3, 2,
@@ -77,6 +78,37 @@ def test_prefix_cache_with_shared_prefixes_equals_each_text_alone(arch, pooling)
                 want = model.pool(x, torch.tensor([len(text)]))[0] if start == 3 else x[0]
                 assert got.shape == want.shape
                 torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("budget", [0, 20_000])
+def test_a_cache_past_its_memory_budget_spills_to_a_file_and_reads_back_the_same_bytes(budget):
+    """Budget 0: every text's states in the temporary file; 20 kB: the first texts in memory, the rest on disk.
+    Either way each text reads back bit for bit what the in-memory cache holds (bfloat16 states too)."""
+    torch.manual_seed(0)
+    model = TextClassifier(build_model(replace(MODELS["gpt2-tiny"].config, n_layers=3)), 2).eval()
+    texts = FakeDataset(40, model.backbone.cfg.vocab_size, 4).encoded
+    texts = texts + texts[:5]  # repeated texts are stored once
+    held = compute_prefix_cache(model, texts, 2, "cpu", 0)
+    spilled = compute_prefix_cache(model, texts, 2, "cpu", 0, memory_budget=budget)
+    assert held.disk_bytes == 0 and spilled.memory_bytes <= budget and spilled.disk_bytes > 0
+    assert spilled.memory_bytes + spilled.disk_bytes == held.memory_bytes  # nothing stored twice
+    assert len(spilled) == len(texts) and all(torch.equal(a, b) for a, b in zip(held, spilled))
+    assert [t.shape for t in spilled[3:9]] == [t.shape for t in held[3:9]]  # slices are views of the same store
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = [t.to(torch.bfloat16) for t in held]
+    from llmclf.cache_states import StateStore
+    store = StateStore(len(low), 0)
+    for i, t in enumerate(low):
+        store.put(i, t)
+    assert all(torch.equal(store[i], t) and store[i].dtype == torch.bfloat16 for i, t in enumerate(low))
+
+
+def test_training_on_a_spilled_cache_equals_training_on_one_in_memory():
+    held, info_h, _ = _train("llama", "last_block", "last_nonpad", "auto")
+    spilled, info_s, _ = _train("llama", "last_block", "last_nonpad", "auto", memory_budget=0)
+    assert info_h["cache_disk_bytes"] == 0 and info_s["cache_disk_bytes"] == info_h["cache_memory_bytes"] > 0
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in held] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in spilled]
 
 
 def test_cache_store_reuses_a_cache_only_for_the_same_frozen_weights_and_texts():

@@ -87,6 +87,19 @@ BACKEND_HELP = ("onnx: run the classifier's ONNX graph with onnxruntime on the C
                 "use; pip install 'llmclf[onnx]')")
 
 
+DTYPE_HELP = ("the precision of the forwards: bfloat16 (mixed, where the CPU/GPU has it natively) | int8 (dynamic "
+              "quantization, CPU) | auto (bfloat16 where native, else float32); probabilities move slightly, "
+              "README: Speed measures by how much")
+
+
+def _add_runtime_options(p) -> None:
+    """Where and how a saved classifier runs: evaluate, predict, serve."""
+    from .precision import INFERENCE_DTYPES
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
+    p.add_argument("--dtype", choices=INFERENCE_DTYPES, default="float32", help=DTYPE_HELP)
+
+
 PAIR_HELP = ("a pair classifier's second text column (default: the one it was trained on, else text_pair, as in "
              "the run's split files)")
 
@@ -103,8 +116,7 @@ def _add_use_parsers(sub) -> None:
     p.add_argument("--label-columns", metavar="NAMES", help="multi-label: 0/1 columns, one per label, NAME,NAME,...")
     p.add_argument("--text-pair-column", help=PAIR_HELP)
     p.add_argument("--batch-size", type=at_least(1), default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
+    _add_runtime_options(p)
 
     p = sub.add_parser("predict", help="classify texts with a saved classifier")
     p.add_argument("run_dir")
@@ -115,8 +127,7 @@ def _add_use_parsers(sub) -> None:
     p.add_argument("--text-pair-column", help=PAIR_HELP)
     p.add_argument("--json", action="store_true", help="print JSON lines with every class probability")
     p.add_argument("--batch-size", type=at_least(1), default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
+    _add_runtime_options(p)
 
     p = sub.add_parser("generate", help="greedy continuation of a prompt (checks that weights loaded right)")
     add_options(p, MODEL_KEYS)
@@ -139,8 +150,7 @@ def _add_serve_parser(sub) -> None:
                    help="seconds a request may wait for its answer, then 504 (default: 30)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds in-flight requests get after SIGTERM (default: 10)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
+    _add_runtime_options(p)
 
 
 def _add_experiment_parsers(sub) -> None:
@@ -240,7 +250,7 @@ def cmd_evaluate(a) -> int:
     from .data import labels_in, read_frame, read_table
     from .predict import load_classifier, predict_texts
 
-    clf = load_classifier(a.run_dir, a.device, a.backend)
+    clf = load_classifier(a.run_dir, a.device, a.backend, a.dtype)
     pair = saved_pair(clf, a)
     columns = (a.text_column, None) if pair is None else pair_columns(read_frame(Path(a.data_file)).columns,
                                                                         a.text_column, pair, a.data_file)
@@ -349,7 +359,7 @@ def cmd_predict(a) -> int:
     # contiguous shard; rank 0 prints every result once, in input order.
     distributed.init()
     device = distributed.agree(lambda: distributed.device(a.device))
-    clf = distributed.agree(lambda: load_classifier(a.run_dir, device, a.backend))
+    clf = distributed.agree(lambda: load_classifier(a.run_dir, device, a.backend, a.dtype))
     texts = distributed.from_main(lambda: gather_texts(a, clf))
     probs = predict_texts_distributed(clf, texts, a.batch_size,
                                       progress=bool(a.input) and sys.stderr.isatty() and distributed.is_main())
@@ -422,7 +432,7 @@ def cmd_download(a) -> int:
 def cmd_serve(a) -> int:
     from .serve import serve
     serve(a.run_dir, host=a.host, port=a.port, workers=a.workers, max_texts=a.max_texts, max_chars=a.max_chars,
-          device=a.device, backend=a.backend, max_queue=a.max_queue, request_timeout=a.request_timeout,
+          device=a.device, backend=a.backend, dtype=a.dtype, max_queue=a.max_queue, request_timeout=a.request_timeout,
           shutdown_grace=a.shutdown_grace)
     return 0
 

@@ -29,6 +29,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .classifier import TextClassifier, count_parameters, set_trainable
 from .baseline import beside_multilabel_run, beside_run, probability_metrics
 from .blend import TfidfBlend, choose_weight, mix
+from .cache_states import GIB
 from .data import ClassificationDataset, data_report, load_data, targets_of, unpair_frame
 from .decision import (BINNING, Decision, calibrate, calibration_scores, choose_label_thresholds, choose_threshold,
                        fit_temperature, rates)
@@ -39,6 +40,8 @@ from .run_report import write_run_report
 from .tensorboard_log import TensorBoardLog, check_available as check_tensorboard
 from .options import AUTO_CONTEXT, FinetuneOptions, check_options
 from .outdir import check_output_dir, prepare_output_dir
+from .precision import (autocast as precision_autocast, cpu_has_native_bf16, fast_float32, onednn_float32_is_faster,
+                        resolve_dtype)
 from .weights import load_backbone, pretrained_head
 from .version import __version__
 from .train import (KeepBest, LrSchedule, Parallel, TrainState, enable_grad_checkpoint, gather_predictions, make_loaders,
@@ -59,31 +62,10 @@ def check_launch(opts) -> None:
 
 
 def bf16_autocast(opts, device: str):
-    """The autocast factory for --dtype bfloat16, and for auto where bfloat16 is native (None for float32).
-    bfloat16 is mixed precision on every device: weights and AdamW state stay float32 (a 5e-5 step is below
-    bfloat16's resolution for most weights, which would then never move), and only the forwards run in
-    bfloat16."""
-    kind = torch.device(device).type
-    if opts.dtype == "auto":  # bfloat16 only where the hardware computes it natively (else it is slower)
-        native = torch.cuda.is_bf16_supported() if kind == "cuda" else kind == "cpu" and cpu_has_native_bf16()
-        if not native:
-            return None
-    if opts.dtype == "float32":
-        return None
-    if kind == "cuda" and not torch.cuda.is_bf16_supported():
-        raise LlmclfError("--dtype bfloat16: this GPU does not support bfloat16; use --dtype float32")
-    if kind not in ("cuda", "cpu"):
-        raise LlmclfError(f"--dtype bfloat16 is offered on cpu and cuda, not {kind}; use --dtype float32")
-    return lambda: torch.autocast(kind, dtype=torch.bfloat16)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); without it bf16 is emulated, slowly."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+    """The autocast factory for --dtype bfloat16, and for auto where bfloat16 is native (None for float32):
+    mixed precision, float32 weights and AdamW state, bfloat16 forwards (precision.py)."""
+    dtype = resolve_dtype(opts.dtype, device)
+    return (lambda: precision_autocast(dtype, device)) if dtype == "bfloat16" else None
 
 
 def resolve_max_length(option: str, longest: int, model_context: int) -> int:
@@ -676,6 +658,8 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
             f"{'balanced, ' if balanced else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
     model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, data.labels, data.multi_label))
     model.to(job.device)
+    if not opts.fsdp:  # (FSDP's sharded parameters stay on nn.Linear's own path)
+        fast_float32(model, distributed.from_main(onednn_float32_is_faster))  # every rank the same kernel
     datasets, max_length = tokenize_splits(job, data, model, tokenizer)
     report = data_report(data, tokenizer, max_length, balanced) if job.main else {}
     say_cuts(job, report)
@@ -685,6 +669,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
         with job.amp():
             loaders, cache_info = make_loaders(model, datasets, opts.batch_size, job.device, seed=opts.seed,
                                                cache=opts.cache, log=job.log, store=cache_store, sampler=opts.sampler,
+                                               memory_budget=opts.cache_memory * GIB,
                                                progress=not opts.quiet and job.main and sys.stderr.isatty())
         n_params, n_trainable = count_parameters(model, False), count_parameters(model)
         parallel = wrap_for_parallelism(job, model)

@@ -111,6 +111,8 @@ class FinetuneOptions:
                         "every epoch)")
     cache: str = opt("auto", "frozen-prefix cache: auto (where exact), on (refuse to run uncached), off",
                      aliases={"--no-cache": "off"})
+    cache_memory: float = opt(4.0, "GiB of frozen-prefix states held in memory; the rest go to a temporary file and "
+                              "are read back per batch (the same results; README: Speed, Scale)", metavar="GIB")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("float32", "bfloat16: mixed precision (float32 weights and optimizer state, bfloat16 autocast "
                      "forwards) on a CPU or a CUDA GPU that supports it; slower on CPUs without native bfloat16 | "
@@ -250,6 +252,8 @@ def check_options(opts: FinetuneOptions, where: str | None = None) -> FinetuneOp
         value = getattr(opts, key)
         if value is not None and not 0 <= value < 2**32:
             raise LlmclfError(f"{name(key)} must be from 0 to 2**32 - 1, not {value}")
+    if not (math.isfinite(opts.cache_memory) and opts.cache_memory >= 0):
+        raise LlmclfError(f"{name('cache_memory')} must be a number of GiB, 0 or more, not {opts.cache_memory}")
     if not opts.search_minutes > 0:
         raise LlmclfError(f"{name('search_minutes')} must be a positive number, not {opts.search_minutes}")
     for key, positive in (("lr", True), ("lora_alpha", True), ("weight_decay", False)):

@@ -15,18 +15,22 @@ import torch
 
 
 def map_batches(fn, items: list, device, cost=None) -> list:
-    """[fn(item) for item in items] under inference_mode, spread over torch.get_num_threads() one-thread
-    workers on a CPU (the thread budget the user set stays the total). On other devices, or with one thread
-    or one item, it runs in order here. cost(item), if given, estimates an item's work: the costliest start
-    first, so no core is left alone with a big one at the end."""
+    """[fn(item) for item in items] under inference_mode (and the caller's autocast), spread over
+    torch.get_num_threads() one-thread workers on a CPU (the thread budget the user set stays the total). On
+    other devices, or with one thread or one item, it runs in order here. cost(item), if given, estimates an
+    item's work: the costliest start first, so no core is left alone with a big one at the end."""
     n = torch.get_num_threads()
     if torch.device(device).type != "cpu" or n < 2 or len(items) < 2:
         with torch.inference_mode():
             return [fn(x) for x in items]
 
+    # Grad mode and autocast are per thread: the caller's settings are set again in each worker.
+    amp = torch.is_autocast_enabled("cpu")
+    amp_dtype = torch.get_autocast_dtype("cpu")
+
     def work(x):
         torch.set_num_threads(1)  # this worker's own thread budget
-        with torch.inference_mode():  # grad mode is per thread: set it in the worker
+        with torch.inference_mode(), torch.autocast("cpu", dtype=amp_dtype, enabled=amp):
             return fn(x)
 
     order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else list(range(len(items)))

@@ -21,6 +21,7 @@ from .data import combine_windows, distinct_sequences, length_sorted_chunks, pad
 from .distributed import pick_device
 from .errors import LlmclfError
 from .parallel import map_batches
+from .precision import autocast, for_inference, resolve_dtype
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Classifier:
     blend: object = None  # a blend.TfidfBlend when the classifier was saved with one (--blend)
     decision: Decision = Decision()  # temperature and operating point chosen on validation (decision.py)
     backend: str = "torch"  # or "onnx": `model` is an onnx_graph.OnnxModel
+    dtype: str = "float32"  # or "bfloat16" / "int8": the precision its forwards run in (precision.py)
 
     @property
     def labels(self) -> list[str]:
@@ -47,20 +49,26 @@ class Classifier:
         return self.decision.thresholds is not None
 
 
-def load_classifier(path, device: str = "auto", backend: str = "torch") -> Classifier:
+def load_classifier(path, device: str = "auto", backend: str = "torch", dtype: str = "float32") -> Classifier:
     """A saved classifier, verified. backend "onnx": its ONNX graph runs in onnxruntime instead of torch (on the
-    CPU); tokenizing, the blend and the decision stay as they are."""
+    CPU); tokenizing, the blend and the decision stay as they are. dtype: float32 | bfloat16 | int8 | auto
+    (bfloat16 where the hardware has it natively, else float32): see precision.py."""
     if backend not in ("torch", "onnx"):
         raise LlmclfError(f"backend must be torch or onnx (got {backend!r})")
     device = pick_device("cpu" if backend == "onnx" and device == "auto" else device)
     if backend == "onnx" and device != "cpu":
         raise LlmclfError(f"--backend onnx runs on the CPU (got --device {device})")
+    dtype = resolve_dtype(dtype, device)
+    if backend == "onnx" and dtype != "float32":
+        raise LlmclfError(f"--backend onnx runs the float32 graph (got --dtype {dtype}); use --backend torch for {dtype}")
     model, tokenizer, cfg, directory = load_classifier_parts(Path(path), device)
     decision = load_decision(cfg, Path(directory) / "config.json")
     if backend == "onnx":
         from .onnx_graph import onnx_model
         model = onnx_model(model, decision, cfg)
-    return Classifier(model, tokenizer, cfg, device, load_blend(directory, cfg), decision, backend)
+    else:
+        model = for_inference(model, dtype)
+    return Classifier(model, tokenizer, cfg, device, load_blend(directory, cfg), decision, backend, dtype)
 
 
 def encode_texts(clf: Classifier, texts: list[str]) -> tuple[list[list[int]], list[int] | None]:
@@ -92,7 +100,8 @@ def predict_encoded(clf: Classifier, encoded: list[list[int]], batch_size: int =
             bar.update()
 
         # On a CPU the batches run side by side, one per core, longest first.
-        map_batches(run, chunks, clf.device, cost=lambda c: len(c) * max(lengths[i] for i in c))
+        with autocast(clf.dtype, clf.device):
+            map_batches(run, chunks, clf.device, cost=lambda c: len(c) * max(lengths[i] for i in c))
     return probs[slots]
 
 

@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from . import distributed
 from .blend import macro_f1
+from .cache_states import GIB, CachedStates, StateStore
 from .data import (BatchLoader, balanced_weights, combine_windows, distinct_sequences, length_sorted_chunks,
                    pack_prefix_trees, pad_batch)
 from .errors import LlmclfError
@@ -73,7 +74,8 @@ def _prefix_tree_batch(rows, pad_id, device):
 
 
 @torch.inference_mode()
-def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=None, max_tokens=1024, progress=False):
+def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=None, max_tokens=1024, progress=False,
+                         memory_budget: float = 4 * GIB) -> CachedStates:
     """Hidden states entering block `start` for every text (pooled vectors when start == n_layers).
 
     Each distinct token sequence is computed once, and with the causal mask so is each shared prefix: texts
@@ -85,21 +87,21 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
     Under torchrun the chunks are dealt round-robin (rank r computes chunks r, r+N, ...) and the states
     all-gathered, so every rank holds the whole cache for 1/N of the work. Each text is computed in the very
     chunk one process would compute it in, so the cache is the same as in a one-process run.
-    progress: a bar of the tokens computed (padded, as the chunks run them), with tokens/s and time left."""
+    progress: a bar of the tokens computed (padded, as the chunks run them), with tokens/s and time left.
+    memory_budget: bytes of states held in memory; the rest go to a temporary file (cache_states.py)."""
     from tqdm import tqdm
 
     seqs, slots = distinct_sequences(encoded)
     pooled = start == len(model.blocks)
-    out = [None] * len(seqs)
+    out = StateStore(len(seqs), memory_budget)
     was_training = model.training
     model.eval()
 
     def keep(i, states):
         """Store text i's states (T_i, D), or its pooled vector when every block is frozen."""
         if pooled:
-            out[i] = model.pool(states[None], torch.tensor([states.shape[0]], device=states.device))[0]
-        else:
-            out[i] = states.clone()
+            states = model.pool(states[None], torch.tensor([states.shape[0]], device=states.device))[0]
+        out.put(i, states)
 
     if model.causal and fixed_length is None:
         plan = _prefix_tree_plan(model, seqs, start, device, pad_id, max_tokens, keep)
@@ -113,7 +115,7 @@ def compute_prefix_cache(model, encoded, start, device, pad_id, fixed_length=Non
     model.train(was_training)
     if w > 1:
         _gather_cache(out, plan, device)
-    return [out[s] for s in slots]
+    return CachedStates(out, slots)
 
 
 @dataclass
@@ -158,14 +160,22 @@ def _padded_plan(model, seqs, start, device, pad_id, fixed_length, max_tokens, k
                       lambda chunk: len(chunk) * max(lengths[i] for i in chunk))
 
 
-def _gather_cache(out: list, plan: _CachePlan, device) -> None:
+def _gather_cache(out: StateStore, plan: _CachePlan, device) -> None:
     """torchrun: every rank computed chunks r, r+N, ...; all-gather them so each rank holds the whole cache."""
     w, r = distributed.world(), distributed.rank()
     owners = [[i for c in plan.chunks[q::w] for i in plan.members(c)] for q in range(w)]
     gathered = distributed.all_gather_tensors([out[i] for i in owners[r]], device)
     for q in range(w):
         for i, t in zip(owners[q], gathered[q]):
-            out[i] = t
+            if q != r:
+                out.put(i, t)
+
+
+def states_bytes(states) -> tuple[int, int]:
+    """(bytes in memory, bytes in a spill file) of a cache: CachedStates, or a plain list of tensors."""
+    if isinstance(states, CachedStates):
+        return states.memory_bytes, states.disk_bytes
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in states}.values()), 0
 
 
 class PrefixCacheStore:
@@ -204,8 +214,9 @@ class PrefixCacheStore:
         self._entries.move_to_end(key)
         return self._entries[key][0]
 
-    def put(self, key: str, states: list) -> None:
-        size = sum(t.numel() * t.element_size() for t in {id(t): t for t in states}.values())
+    def put(self, key: str, states) -> None:
+        """Keep `states` under `key`; their memory counts towards max_bytes, a spill file does not."""
+        size = states_bytes(states)[0]
         if size > self.max_bytes:
             return
         self._entries[key] = (states, size)
@@ -231,11 +242,13 @@ def cached_loader(cache, targets, start, batch_size, device, *, shuffle=False, d
 
 
 def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, cache="auto", log=print,
-                 store: PrefixCacheStore | None = None, progress: bool = False, sampler: str = "shuffle"):
+                 store: PrefixCacheStore | None = None, progress: bool = False, sampler: str = "shuffle",
+                 memory_budget: float = 4 * GIB):
     """Train/validation/test loaders; cached when `cache` is "on", or "auto" and the cache is exact; `sampler`
     "balanced" draws the training batches class-balanced (`balanced_weights`).
     Returns (loaders, info) where info says whether the cache is used, from which block, and its time.
-    With a `store`, a cache an earlier run computed for the same frozen weights and texts is reused."""
+    With a `store`, a cache an earlier run computed for the same frozen weights and texts is reused.
+    memory_budget: bytes of cached states held in memory, the rest in a temporary file (cache_states.py)."""
     fixed = datasets["train"].max_length if model.pooling == "last" else None
     start = model.frozen_prefix()
     if cache == "on" and start == 0:
@@ -253,7 +266,8 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
         states = store.get(key) if store is not None else None
         info["cache_reused"] = states is not None
         if states is None:
-            states = compute_prefix_cache(model, encoded, start, device, pad_id, fixed, progress=progress)
+            states = compute_prefix_cache(model, encoded, start, device, pad_id, fixed, progress=progress,
+                                          memory_budget=memory_budget)
             if store is not None:
                 store.put(key, states)
     offset = 0
@@ -271,7 +285,10 @@ def make_loaders(model, datasets: dict, batch_size: int, device, *, seed=123, ca
     if use_cache:
         info["cache_seconds"] = time.perf_counter() - t0
         how = "reused an earlier run's cache of" if info["cache_reused"] else "cached"
-        log(f"{how} the frozen blocks 0..{start - 1} once for all splits in {info['cache_seconds']:.1f}s")
+        memory, disk = states_bytes(states)
+        info.update(cache_memory_bytes=memory, cache_disk_bytes=disk)
+        spilled = f" ({disk / GIB:.2f} of {(memory + disk) / GIB:.2f} GiB in a temporary file)" if disk else ""
+        log(f"{how} the frozen blocks 0..{start - 1} once for all splits in {info['cache_seconds']:.1f}s{spilled}")
     return loaders, info
 
 

@@ -496,7 +496,7 @@ def _model_info(clf, run_dir, limits: dict) -> dict:
     return {"model": str(cfg.get("model_name", "classifier")), "labels": list(clf.labels),
             "num_classes": len(clf.labels), "max_length": clf.max_length, "pooling": cfg.get("pooling"),
             "backbone": cfg.get("backbone"), "llmclf_version": cfg.get("llmclf_version"), "device": clf.device,
-            "backend": clf.backend, "text_pairs": bool(clf.tokenizer.pair), "multi_label": clf.multi_label,
+            "backend": clf.backend, "dtype": clf.dtype, "text_pairs": bool(clf.tokenizer.pair), "multi_label": clf.multi_label,
             "thresholds": dict(zip(clf.labels, clf.decision.thresholds)) if clf.multi_label else None,
             "blend_weight": clf.blend.weight if clf.blend is not None else None,
             "decision": {**clf.decision.to_config(), "positive_label": clf.labels[clf.decision.positive]},
@@ -543,7 +543,7 @@ def _add_routes(app: FastAPI, batcher, model_info: dict, limit: int, request_tim
 
 
 def create_app(run_dir_or_classifier, max_texts: int = 64, max_chars: int = 10000, device: str = "auto", backend: str = "torch",
-               batch_wait_ms: float = 2.0, max_batch_texts: int | None = None, batch_size: int = 32,
+               dtype: str = "float32", batch_wait_ms: float = 2.0, max_batch_texts: int | None = None, batch_size: int = 32,
                max_queue: int | None = None, request_timeout: float = 30.0) -> FastAPI:
     """The FastAPI app for a run directory (or RUN_DIR/model, or an already loaded Classifier).
 
@@ -556,7 +556,7 @@ def create_app(run_dir_or_classifier, max_texts: int = 64, max_chars: int = 1000
         clf, run_dir = run_dir_or_classifier, None
     else:
         run_dir = Path(run_dir_or_classifier)
-        clf = load_classifier(run_dir, device=device, backend=backend)
+        clf = load_classifier(run_dir, device=device, backend=backend, dtype=dtype)
     labels, cfg = list(clf.labels), clf.config
     model_name = str(cfg.get("model_name", "classifier"))
     limit = body_limit(max_texts, max_chars)
@@ -589,7 +589,8 @@ def create_app(run_dir_or_classifier, max_texts: int = 64, max_chars: int = 1000
 
 # ------------------------------------------------------------------------------- uvicorn and multi-worker
 
-SETTINGS = {"max_texts": int, "max_chars": int, "max_queue": int, "request_timeout": float, "device": str, "backend": str}
+SETTINGS = {"max_texts": int, "max_chars": int, "max_queue": int, "request_timeout": float, "device": str, "backend": str,
+            "dtype": str}
 
 
 def _settings_to_env(run_dir, **settings) -> dict:
@@ -610,8 +611,8 @@ def app_from_env() -> FastAPI:
 
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_texts: int = 64,
-          max_chars: int = 10000, device: str = "auto", backend: str = "torch", max_queue: int | None = None,
-          request_timeout: float = 30.0, shutdown_grace: float = SHUTDOWN_GRACE_S) -> None:
+          max_chars: int = 10000, device: str = "auto", backend: str = "torch", dtype: str = "float32",
+          max_queue: int | None = None, request_timeout: float = 30.0, shutdown_grace: float = SHUTDOWN_GRACE_S) -> None:
     """Run the service with uvicorn until interrupted. The run is loaded (and verified) before the port opens.
 
     On SIGTERM/SIGINT, requests in flight get `shutdown_grace` seconds to finish; then they and the queue are
@@ -624,7 +625,8 @@ def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, 
     if not float(shutdown_grace) >= 0:
         raise LlmclfError(f"--shutdown-grace must be at least 0 seconds (got {shutdown_grace})")
     settings = {"max_texts": max_texts, "max_chars": max_chars, "max_queue": max_queue,
-                "request_timeout": request_timeout, "device": device, "backend": backend}
+                "request_timeout": request_timeout, "device": device, "backend": backend,
+                "dtype": dtype}
     common = {"host": host, "port": port, "log_level": "info", "timeout_graceful_shutdown": float(shutdown_grace)}
     app = create_app(run_dir, **settings)
     if int(workers) == 1:
