@@ -228,7 +228,8 @@ def test_bfloat16_trains_float32_master_weights_under_autocast():
     model = TextClassifier(backbone, 2)
     set_trainable(model, "last_block")
     data = FakeDataset(32, backbone.cfg.vocab_size, 1)
-    amp = bf16_autocast(FinetuneOptions(out="", dtype="bfloat16"), "cpu")
+    frozen, amp = bf16_autocast(FinetuneOptions(out="", dtype="bfloat16"), "cpu")
+    assert frozen is not None and bf16_autocast(FinetuneOptions(out="", dtype="float32"), "cpu") == (None, None)
     with amp():
         loaders, info = make_loaders(model, {"train": data, "validation": data}, 8, "cpu", log=lambda *_: None)
     block = model.blocks[-1]

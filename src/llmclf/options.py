@@ -115,9 +115,9 @@ class FinetuneOptions:
                               "are read back per batch (the same results; README: Speed, Scale)", metavar="GIB")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("float32", "bfloat16: mixed precision (float32 weights and optimizer state, bfloat16 autocast "
-                     "forwards) on a CPU or a CUDA GPU that supports it; slower on CPUs without native bfloat16 | "
-                     "float32 | auto: bfloat16 where the hardware computes it natively (avx512_bf16/amx_bf16, a "
-                     "bf16 GPU), else float32")
+                     "forwards, the frozen pass included) on a CPU or a CUDA GPU that supports it; slower on CPUs "
+                     "without native bfloat16 | float32 | auto: bfloat16 where the hardware computes it natively "
+                     "(avx512_bf16/amx_bf16, a bf16 GPU), else float32; on a CPU for the frozen pass only")
     grad_checkpoint: bool = opt(False, "recompute each trainable block's activations in the backward pass instead "
                                 "of storing them: less memory, more compute, same results")
     fsdp: bool = opt(False, "under torchrun, shard parameters, gradients and optimizer state over the processes "

@@ -12,7 +12,8 @@
 float32 itself has two CPU kernels for a Linear layer: torch's default BLAS (MKL) and oneDNN. They differ
 by machine: on an AMD EPYC with AVX-512, MKL's sgemm ran 106 GFLOP/s per core and oneDNN's 234 (MKL picks
 its AVX-512 code only on Intel CPUs). `fast_float32` measures both once per process and, where oneDNN is
-clearly faster, runs the forwards that need no gradient (prediction, the frozen pass, evaluation) on it.
+clearly faster, runs the float32 products on it: prediction, the frozen pass, evaluation, and training's
+forwards and backwards.
 """
 
 from __future__ import annotations
@@ -88,17 +89,43 @@ def for_inference(model, dtype: str):
 
 # ------------------------------------------------------------------ the float32 Linear kernel
 
+def _onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w.T + b by oneDNN (x and w may be strided views: transposes cost no copy)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """y = x W^T + b with oneDNN's GEMM forwards and backwards: dx = dy W, dW = dy^T x, db = sum dy."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+        dx = _onednn(dy, weight.t()) if ctx.needs_input_grad[0] else None
+        dw = _onednn(dy2.t(), x2.t()) if ctx.needs_input_grad[1] else None
+        db = dy2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
 class OneDNNLinear(torch.nn.Linear):
-    """nn.Linear whose float32 CPU forwards without autograd call oneDNN's GEMM (the same float32 products,
-    summed in another order: outputs agree to ~1e-6). Anything else (gradients, autocast, other devices and
-    dtypes, a graph being exported) takes nn.Linear's own path."""
+    """nn.Linear whose float32 CPU products run on oneDNN's GEMM, forwards and backwards (the same float32
+    products, summed in another order: outputs agree to ~1e-6). Anything else (autocast, other devices and
+    dtypes, a graph being compiled or exported) takes nn.Linear's own path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-                or self.weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
-                or torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()):
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+                or torch.jit.is_tracing()):
             return super().forward(x)
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return _OneDNNLinearFunction.apply(x, self.weight, self.bias)
+        return _onednn(x, self.weight, self.bias)
 
 
 @functools.lru_cache(maxsize=1)
