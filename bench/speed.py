@@ -1,16 +1,20 @@
-"""Issue 4's benchmark, in one run on one machine (each contender in its own subprocess):
+"""Speed against the book's code, transformers and onnxruntime, in one run on one machine (each contender in a
+subprocess of its own, the same threads):
 
-a. end-to-end fine-tuning time (data ready -> final metrics) of the book's own chapter-6 code
-   (PyPI llms-from-scratch==1.0.19, llms_from_scratch.ch06) against llmclf: same data, GPT-2 small
-   architecture with random weights, last block + final norm trainable, batch 8, lr 5e-5, same epochs;
-b. inference throughput over the SMS test split: llmclf against transformers'
-   GPT2ForSequenceClassification holding the same weights (same batch size, CPU, fp32), labels compared;
-   each times REPEATS passes after a warm-up and reports the median;
+a. fine-tuning, data ready -> final metrics, at the book's 5 epochs, for each of --seeds (the model's init and
+   the batch order; the book's split stays): the book's own chapter-6 code (PyPI llms-from-scratch==1.0.19)
+   against llmclf's book recipe (GPT-2 small with random weights, last block + final norm, batch 8, lr 5e-5)
+   in float32, with --dtype auto (bfloat16 where the CPU has it natively), and with --pooling last --dtype
+   auto (padded to the longest text and read at the last position: what the book computes);
+b. inference over the SMS test split at --batch-sizes, on the first seed's float32 run: llmclf in float32,
+   bfloat16 and int8 against transformers' GPT2ForSequenceClassification holding the same weights (float32)
+   and onnxruntime running `llmclf export --format onnx` (batches in input order, and sorted by length);
+   each times REPEATS passes after a warm-up (the median counts), with labels and test accuracy compared;
 c. peak memory (max RSS) of each process.
-Optionally (--smollm2) the same fine-tuning time and messages/s for the SmolLM2 backbone.
+Optionally (--smollm2) the fine-tuning time and messages/s of the SmolLM2 backbone.
 
     pip install -e '.[bench]' && pip install --no-deps llms-from-scratch==1.0.19
-    python bench/speed.py [--epochs 2] [--batch-sizes 8 32] [--smollm2] [--update-readme]
+    python bench/speed.py [--epochs 5] [--seeds 123 124 125] [--batch-sizes 8] [--smollm2] [--update-readme]
 
 Writes bench/out/speed.json and, with --update-readme, the table between the bench:speed markers.
 """
@@ -46,7 +50,7 @@ def emit(result: dict) -> None:
 
 # ---------------------------------------------------------------- workers (each runs in its own process)
 
-def worker_book_train(epochs: int) -> None:
+def worker_book_train(epochs: int, seed: int = 123) -> None:
     """Chapter 6 as the book's package runs it, GPT-2 small with random weights."""
     import pandas as pd
     import tiktoken
@@ -75,7 +79,7 @@ def worker_book_train(epochs: int) -> None:
     train_ds = SpamDataset(tmp / "train.csv", max_length=None, tokenizer=tokenizer)
     val_ds = SpamDataset(tmp / "validation.csv", max_length=train_ds.max_length, tokenizer=tokenizer)
     test_ds = SpamDataset(tmp / "test.csv", max_length=train_ds.max_length, tokenizer=tokenizer)
-    torch.manual_seed(123)
+    torch.manual_seed(seed)
     loader = torch.utils.data.DataLoader
     train_loader = loader(train_ds, batch_size=8, shuffle=True, num_workers=0, drop_last=True)
     val_loader = loader(val_ds, batch_size=8, num_workers=0, drop_last=False)
@@ -86,7 +90,7 @@ def worker_book_train(epochs: int) -> None:
     model.eval()
     for p in model.parameters():
         p.requires_grad = False
-    torch.manual_seed(123)
+    torch.manual_seed(seed)
     model.out_head = torch.nn.Linear(768, 2)
     for p in model.trf_blocks[-1].parameters():
         p.requires_grad = True
@@ -100,19 +104,26 @@ def worker_book_train(epochs: int) -> None:
     emit({"seconds": time.perf_counter() - t0, **{f"{k}_accuracy": v for k, v in accs.items()}})
 
 
-def worker_llmclf_train(epochs: int, model: str, run_dir: str) -> None:
+def worker_llmclf_train(epochs: int, model: str, run_dir: str, seed: int = 123, dtype: str = "float32",
+                        pooling: str = "last_nonpad") -> None:
     from llmclf.finetune import finetune
     from llmclf.options import from_recipe
-    # the book's recipe on both sides: the same work, so the times compare
+    # the book's recipe on both sides: the same work, so the times compare; --split-seed keeps the book's split
     m = finetune(from_recipe("book", out=run_dir, model=model, weights="random" if model.startswith("gpt2") else "pretrained",
-                             data_file=str(SMS), tokenizer_dir=str(BPE_DIR), epochs=epochs, overwrite=True, quiet=True))
+                             data_file=str(SMS), tokenizer_dir=str(BPE_DIR), epochs=epochs, overwrite=True, quiet=True,
+                             seed=seed, split_seed=123, dtype=dtype, pooling=pooling))
     emit({"seconds": m["train_seconds"], "cache_seconds": m.get("cache_seconds"),
           **{f"{s}_accuracy": m[s]["accuracy"] for s in ("train", "validation", "test")}})
 
 
-def _test_texts(run_dir: Path) -> list[str]:
+def _test_split(run_dir: Path) -> tuple[list[str], list[str]]:
     import pandas as pd
-    return [str(t) for t in pd.read_csv(run_dir / "test.csv")["text"]]
+    df = pd.read_csv(run_dir / "test.csv", keep_default_na=False)
+    return [str(t) for t in df["text"]], [str(y) for y in df["label"]]
+
+
+def _test_texts(run_dir: Path) -> list[str]:
+    return _test_split(run_dir)[0]
 
 
 REPEATS = 3  # inference passes timed per contender; the median counts (this shared machine's speed wanders)
@@ -131,15 +142,42 @@ def timed_passes(fn, n_texts: int) -> dict:
             "labels": probs.argmax(-1).tolist(), "probs": probs[:, 1].tolist()}
 
 
-def worker_llmclf_infer(run_dir: str, batch_size: int) -> None:
+def worker_llmclf_infer(run_dir: str, batch_size: int, dtype: str = "float32") -> None:
     import torch
 
+    from llmclf.precision import onednn_float32_is_faster
     from llmclf.predict import load_classifier, predict_texts
-    clf = load_classifier(run_dir, "cpu")
+    clf = load_classifier(run_dir, "cpu", dtype=dtype)
     texts = _test_texts(Path(run_dir))
     predict_texts(clf, texts[:8 * batch_size], batch_size)  # warm-up
-    emit({**timed_passes(lambda: predict_texts(clf, texts, batch_size), len(texts)),
-          "threads": torch.get_num_threads()})
+    emit({**timed_passes(lambda: predict_texts(clf, texts, batch_size), len(texts)), "dtype": clf.dtype,
+          "threads": torch.get_num_threads(), "float32_kernel": "onednn" if onednn_float32_is_faster() else "blas"})
+
+
+def worker_ort_infer(run_dir: str, batch_size: int, order: str) -> None:
+    """onnxruntime on the ONNX export, as a program with only onnxruntime and tokenizers runs it (bench/interop.py);
+    order "sorted": the texts sorted by length first (little padding), results put back in input order."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from interop import onnxruntime_direct
+    from llmclf.export import export_onnx
+    texts = _test_texts(Path(run_dir))
+    out = Path(tempfile.mkdtemp()) / "onnx"
+    export_onnx(run_dir, out)
+    perm = sorted(range(len(texts)), key=lambda i: len(texts[i])) if order == "sorted" else list(range(len(texts)))
+    arranged = [texts[i] for i in perm]
+    probs, times = None, []
+    for _ in range(REPEATS):  # onnxruntime_direct warms up, then times one pass
+        p, t = onnxruntime_direct(out, arranged, batch_size, torch.get_num_threads())
+        times.append(t)
+        probs = np.empty_like(p)
+        probs[perm] = p
+    import statistics
+    dt = statistics.median(times)
+    emit({"seconds": dt, "pass_seconds": [round(x, 3) for x in times], "messages_per_s": len(texts) / dt,
+          "labels": probs.argmax(-1).tolist(), "probs": probs[:, 1].tolist(), "threads": torch.get_num_threads()})
 
 
 def hf_model_from_run(run_dir: Path):
@@ -219,15 +257,64 @@ def run_worker(*args) -> dict:
 
 def machine() -> str:
     import torch
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    return f"{os.cpu_count()} CPU cores ({model}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                 platform.processor())
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if f in flags]
+    return (f"{os.cpu_count()} CPU cores ({model}; {', '.join(shown) or 'no AVX2'}), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+FINETUNE = {  # contender -> (dtype, pooling) of llmclf's book recipe
+    "llmclf": ("float32", "last_nonpad"),
+    "llmclf_auto": ("auto", "last_nonpad"),
+    "llmclf_last_auto": ("auto", "last"),
+}
+
+
+def finetune_rows(a, tmp: Path, previous: dict) -> dict:
+    """Per seed: the book's code and each llmclf contender (all at a.epochs)."""
+    res = {}
+    for seed in a.seeds:
+        print(f"[a] fine-tuning, seed {seed}, {a.epochs} epoch(s), GPT-2 small random weights", file=sys.stderr)
+        row = {name: run_worker("llmclf-train", a.epochs, "gpt2-small", tmp / f"{name}-{seed}", seed, dtype, pooling)
+               for name, (dtype, pooling) in FINETUNE.items()}
+        old = previous.get("finetune", {}).get(str(seed), {})
+        reuse = a.skip_book and "book" in old and previous.get("epochs") == a.epochs
+        row["book"] = old["book"] if reuse else run_worker("book-train", a.epochs, seed)
+        res[str(seed)] = row
+    return res
+
+
+def inference_rows(run: Path, batch_size: int) -> dict:
+    """Every inference contender on `run`'s test split; labels and accuracy against llmclf float32's."""
+    _, truth = _test_split(run)
+    labels = json.loads((run / "model" / "config.json").read_text())["labels"]
+    y = [labels.index(t) for t in truth]
+    got = {"llmclf": run_worker("llmclf-infer", run, batch_size, "float32"),
+           "llmclf_bfloat16": run_worker("llmclf-infer", run, batch_size, "bfloat16"),
+           "llmclf_int8": run_worker("llmclf-infer", run, batch_size, "int8"),
+           "transformers": run_worker("hf-infer", run, batch_size),
+           "onnxruntime": run_worker("ort-infer", run, batch_size, "input"),
+           "onnxruntime_sorted": run_worker("ort-infer", run, batch_size, "sorted")}
+    ref, hf = got["llmclf"], got["transformers"]
+    out = {}
+    for name, r in got.items():
+        out[name] = {k: v for k, v in r.items() if k not in ("labels", "probs")}
+        out[name].update(
+            vs_transformers=r["messages_per_s"] / hf["messages_per_s"],
+            agreement_with_llmclf_float32=sum(p == q for p, q in zip(r["labels"], ref["labels"])) / len(y),
+            agreement_with_transformers=sum(p == q for p, q in zip(r["labels"], hf["labels"])) / len(y),
+            max_prob_diff_vs_llmclf_float32=max(abs(p - q) for p, q in zip(r["probs"], ref["probs"])),
+            test_accuracy=sum(p == t for p, t in zip(r["labels"], y)) / len(y))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # 2 epochs: the book's code takes 8 to 11 min per epoch here, so the default run ends within ~20 min.
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5, help="the book's 5 (its code takes minutes per epoch)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[123, 124, 125])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
     ap.add_argument("--smollm2", action="store_true", help="also time the SmolLM2-135M backbone")
     ap.add_argument("--skip-book", action="store_true", help="reuse the book's figures from the last speed.json")
@@ -235,41 +322,29 @@ def main() -> None:
     ap.add_argument("--worker", nargs="+")
     a = ap.parse_args()
     if a.worker:
-        kind, *rest = a.worker
-        {"book-train": lambda: worker_book_train(int(rest[0])),
-         "llmclf-train": lambda: worker_llmclf_train(int(rest[0]), rest[1], rest[2]),
-         "llmclf-infer": lambda: worker_llmclf_infer(rest[0], int(rest[1])),
-         "hf-infer": lambda: worker_hf_infer(rest[0], int(rest[1]))}[kind]()
+        kind, *r = a.worker
+        {"book-train": lambda: worker_book_train(int(r[0]), int(r[1])),
+         "llmclf-train": lambda: worker_llmclf_train(int(r[0]), r[1], r[2], int(r[3]), r[4], r[5]),
+         "llmclf-infer": lambda: worker_llmclf_infer(r[0], int(r[1]), r[2]),
+         "hf-infer": lambda: worker_hf_infer(r[0], int(r[1])),
+         "ort-infer": lambda: worker_ort_infer(r[0], int(r[1]), r[2])}[kind]()
         return
 
     OUT.mkdir(parents=True, exist_ok=True)
     previous = json.loads((OUT / "speed.json").read_text()) if (OUT / "speed.json").exists() else {}
     t_bench = time.perf_counter()
-    res = {"machine": machine(), "epochs": a.epochs, "date": time.strftime("%Y-%m-%d"),
+    res = {"machine": machine(), "epochs": a.epochs, "seeds": a.seeds, "date": time.strftime("%Y-%m-%d"),
            "command": " ".join(["python bench/speed.py"] + [x for x in sys.argv[1:] if x != "--update-readme"])}
     tmp = Path(tempfile.mkdtemp(prefix="llmclf-bench-"))
-    print(f"[a] fine-tuning, {a.epochs} epoch(s), GPT-2 small random weights", file=sys.stderr)
-    res["llmclf_train"] = run_worker("llmclf-train", a.epochs, "gpt2-small", tmp / "gpt2")
-    if a.skip_book and "book_train" in previous and previous.get("epochs") == a.epochs:
-        res["book_train"] = previous["book_train"]
-    else:
-        res["book_train"] = run_worker("book-train", a.epochs)
-    res["train_speedup"] = res["book_train"]["seconds"] / res["llmclf_train"]["seconds"]
+    res["finetune"] = finetune_rows(a, tmp, previous)
     print("[b] inference over the test split", file=sys.stderr)
-    res["inference"] = {}
-    for bs in a.batch_sizes:
-        ours = run_worker("llmclf-infer", tmp / "gpt2", bs)
-        ref = run_worker("hf-infer", tmp / "gpt2", bs)
-        same = ours["labels"] == ref["labels"]
-        max_diff = max(abs(x - y) for x, y in zip(ours["probs"], ref["probs"]))
-        res["inference"][str(bs)] = {"llmclf": {k: v for k, v in ours.items() if k not in ("labels", "probs")},
-                                     "transformers": {k: v for k, v in ref.items() if k not in ("labels", "probs")},
-                                     "speedup": ours["messages_per_s"] / ref["messages_per_s"],
-                                     "identical_labels": same, "max_prob_diff": max_diff}
+    run = tmp / f"llmclf-{a.seeds[0]}"
+    res["inference"] = {str(bs): inference_rows(run, bs) for bs in a.batch_sizes}
     if a.smollm2:
-        print("[5] SmolLM2-135M-Instruct (Q4 GGUF, pretrained)", file=sys.stderr)
-        res["smollm2_train"] = run_worker("llmclf-train", a.epochs, "smollm2-135m-instruct-q4", tmp / "smol")
-        res["smollm2_infer"] = {k: v for k, v in run_worker("llmclf-infer", tmp / "smol", 32).items()
+        print("[c] SmolLM2-135M-Instruct (Q4 GGUF, pretrained)", file=sys.stderr)
+        res["smollm2_train"] = run_worker("llmclf-train", a.epochs, "smollm2-135m-instruct-q4", tmp / "smol", 123,
+                                          "float32", "last_nonpad")
+        res["smollm2_infer"] = {k: v for k, v in run_worker("llmclf-infer", tmp / "smol", 32, "float32").items()
                                 if k not in ("labels", "probs")}
     res["wall_minutes"] = (time.perf_counter() - t_bench) / 60
     (OUT / "speed.json").write_text(json.dumps(res, indent=2))
@@ -279,27 +354,62 @@ def main() -> None:
         update_readme(table)
 
 
-def render(r: dict) -> str:
-    b, o = r["book_train"], r["llmclf_train"]
-    lines = [f"Measured {r['date']} on {r['machine']}; `{r.get('command', 'python bench/speed.py')}` "
-             f"({r.get('wall_minutes', 0):.0f} min).", "",
-             "| what | book ch06 / transformers | llmclf | ratio |", "|---|---|---|---|",
-             f"| fine-tune GPT-2 small (random init), {r['epochs']} epoch(s), data ready -> final metrics | "
-             f"{b['seconds']:.0f} s | {o['seconds']:.0f} s | **{r['train_speedup']:.1f}x** |",
-             f"| test accuracy after it | {b['test_accuracy'] * 100:.2f}% | {o['test_accuracy'] * 100:.2f}% | |",
-             f"| peak memory (max RSS) of the fine-tuning process | {b['peak_rss_mb']:.0f} MB | {o['peak_rss_mb']:.0f} MB | |"]
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    import statistics
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+NAMES = {"book": "the book's ch06 code", "llmclf": "llmclf, float32",
+         "llmclf_auto": "llmclf, --dtype auto", "llmclf_last_auto": "llmclf, --pooling last --dtype auto"}
+
+
+def render_finetune(r: dict) -> list[str]:
+    rows = list(r["finetune"].values())
+    book = _mean_sd([x["book"]["seconds"] for x in rows])[0]
+    lines = [f"| fine-tune GPT-2 small (random init), {r['epochs']} epochs, data ready -> final metrics, "
+             f"{len(rows)} seeds | seconds (mean +- sd) | x the book | test accuracy (mean +- sd) | peak RSS |",
+             "|---|---:|---:|---:|---:|"]
+    for name in ("book", *FINETUNE):
+        t, ts = _mean_sd([x[name]["seconds"] for x in rows])
+        acc, accs = _mean_sd([x[name]["test_accuracy"] * 100 for x in rows])
+        mem = max(x[name]["peak_rss_mb"] for x in rows)
+        lines.append(f"| {NAMES[name]} | {t:.0f} +- {ts:.0f} | **{book / t:.1f}x** | {acc:.2f} +- {accs:.2f}% | "
+                     f"{mem:.0f} MB |")
+    return lines
+
+
+INFER_NAMES = {"transformers": "transformers GPT2ForSequenceClassification, float32",
+               "onnxruntime": "onnxruntime on the ONNX export (input order)",
+               "onnxruntime_sorted": "onnxruntime on the ONNX export (sorted by length)",
+               "llmclf": "llmclf, float32", "llmclf_bfloat16": "llmclf, --dtype bfloat16",
+               "llmclf_int8": "llmclf, --dtype int8"}
+
+
+def render_inference(r: dict) -> list[str]:
+    lines = []
     for bs, inf in r["inference"].items():
-        lines.append(f"| inference, SMS test split (300), batch {bs}: messages/s (median of {REPEATS} passes) | "
-                     f"{inf['transformers']['messages_per_s']:.1f} | "
-                     f"{inf['llmclf']['messages_per_s']:.1f} | **{inf['speedup']:.2f}x** |")
-        lines.append(f"| ... same labels / max probability difference / peak memory | "
-                     f"{'identical' if inf['identical_labels'] else 'DIFFERENT'} / {inf['max_prob_diff']:.1e} / "
-                     f"{inf['transformers']['peak_rss_mb']:.0f} MB | {inf['llmclf']['peak_rss_mb']:.0f} MB | |")
+        kernel = inf["llmclf"].get("float32_kernel", "?")
+        lines += ["", f"Inference over the SMS test split (300 texts), batch {bs}, messages/s as the median of "
+                  f"{REPEATS} passes (llmclf's float32 Linear kernel here: {kernel}):", "",
+                  "| inference | messages/s | x transformers | labels as llmclf float32 | as transformers | "
+                  "max prob. diff vs llmclf float32 | test accuracy | peak RSS |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name in INFER_NAMES:
+            x = inf[name]
+            lines.append(f"| {INFER_NAMES[name]} | {x['messages_per_s']:.1f} | **{x['vs_transformers']:.2f}x** | "
+                         f"{x['agreement_with_llmclf_float32'] * 100:.1f}% | {x['agreement_with_transformers'] * 100:.1f}% | "
+                         f"{x['max_prob_diff_vs_llmclf_float32']:.1e} | {x['test_accuracy'] * 100:.2f}% | "
+                         f"{x['peak_rss_mb']:.0f} MB |")
+    return lines
+
+
+def render(r: dict) -> str:
+    lines = [f"Measured {r['date']} on {r['machine']}; `{r.get('command', 'python bench/speed.py')}` "
+             f"({r.get('wall_minutes', 0):.0f} min).", ""] + render_finetune(r) + render_inference(r)
     if "smollm2_train" in r:
         s, si = r["smollm2_train"], r["smollm2_infer"]
-        lines.append(f"| SmolLM2-135M-Instruct (pretrained), {r['epochs']} epoch(s): fine-tune / test accuracy / "
-                     f"messages/s (batch 32) | | {s['seconds']:.0f} s / {s['test_accuracy'] * 100:.2f}% / "
-                     f"{si['messages_per_s']:.1f} | |")
+        lines += ["", f"SmolLM2-135M-Instruct (pretrained), {r['epochs']} epochs: fine-tune {s['seconds']:.0f} s, test "
+                  f"accuracy {s['test_accuracy'] * 100:.2f}%, {si['messages_per_s']:.1f} messages/s at batch 32."]
     return "\n".join(lines)
 
 
