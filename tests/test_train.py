@@ -148,6 +148,9 @@ def test_cache_store_reuses_a_cache_only_for_the_same_frozen_weights_and_texts()
     assert reused(model_(trainable="last_two_blocks"))[0] is False  # cache enters another block
     assert reused(model_(trainable="last_layer"))[0] is False  # pooled vectors: last_nonpad
     assert reused(model_(pooling="mean", trainable="last_layer"))[0] is False  # pooled vectors: mean differs
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bfloat16 frozen pass: other states
+        assert reused(model_())[0] is False
+        assert reused(model_())[0] is True
 
 
 def test_cache_store_drops_the_oldest_entries_past_its_budget():

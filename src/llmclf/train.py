@@ -184,7 +184,8 @@ class PrefixCacheStore:
     first's instead of recomputing them (the book table's unbalanced rows differ only in the loss, and five
     rows read the same unpadded texts). The key digests everything the states depend on: the frozen weights
     with their dtype and device (all but the trainable blocks and the class head), the token ids, the pad id
-    and padding mode, the causal mask, and the pooling when the cache holds pooled vectors. The oldest
+    and padding mode, the causal mask, the pooling when the cache holds pooled vectors, and the autocast
+    precision the frozen pass runs under (the caller's, as make_loaders is called). The oldest
     entries are dropped once the stored states pass `max_bytes`."""
 
     def __init__(self, max_bytes: int = 4 << 30):
@@ -198,7 +199,9 @@ class PrefixCacheStore:
         trained = {id(t) for b in blocks[start:] for t in itertools.chain(b.parameters(), b.buffers())}
         trained |= {id(t) for t in model.backbone.out_head.parameters()}
         pooling = model.pooling if start == len(blocks) else None
-        h.update(repr((type(model.backbone).__name__, start, pad_id, fixed_length, model.causal, pooling)).encode())
+        # the frozen pass's precision too: a bfloat16 pass (--dtype bfloat16/auto) gives other states
+        amp = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+        h.update(repr((type(model.backbone).__name__, start, pad_id, fixed_length, model.causal, pooling, amp)).encode())
         for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
             if id(t) in trained:
                 continue

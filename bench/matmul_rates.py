@@ -5,7 +5,7 @@ by oneDNN (`torch.ops.mkldnn._linear_pointwise`, what llmclf's OneDNNLinear call
 a dynamically quantized int8 Linear; on 1 thread and on all of them. Also prints the CPU flags that matter and
 the float32 kernel llmclf picks (precision.onednn_float32_is_faster).
 
-    python bench/kernels.py
+    python bench/matmul_rates.py
 """
 
 from __future__ import annotations
