@@ -3,7 +3,9 @@ subprocess of its own, the same threads):
 
 a. fine-tuning, data ready -> final metrics, at the book's 5 epochs, for each of --seeds (the model's init and
    the batch order; the book's split stays): the book's own chapter-6 code (PyPI llms-from-scratch==1.0.19)
-   against llmclf's book recipe (GPT-2 small with random weights, last block + final norm, batch 8, lr 5e-5)
+   against llmclf's book recipe (GPT-2 small with the book's random initial weights for that seed, handed to
+   llmclf as a transformers directory so both sides fine-tune the same backbone; last block + final norm,
+   batch 8, lr 5e-5)
    in float32, with --dtype auto (bfloat16 where the CPU has it natively), and with --pooling last --dtype
    auto (padded to the longest text and read at the last position: what the book computes);
 b. inference over the SMS test split at --batch-sizes, on the first seed's float32 run: llmclf in float32,
@@ -55,7 +57,6 @@ def worker_book_train(epochs: int, seed: int = 123) -> None:
     import pandas as pd
     import tiktoken
     import torch
-    from llms_from_scratch.ch04 import GPTModel
     from llms_from_scratch.ch06 import (SpamDataset, calc_accuracy_loader, create_balanced_dataset, random_split,
                                         train_classifier_simple)
 
@@ -84,9 +85,8 @@ def worker_book_train(epochs: int, seed: int = 123) -> None:
     train_loader = loader(train_ds, batch_size=8, shuffle=True, num_workers=0, drop_last=True)
     val_loader = loader(val_ds, batch_size=8, num_workers=0, drop_last=False)
     test_loader = loader(test_ds, batch_size=8, num_workers=0, drop_last=False)
-    cfg = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True,
-           "emb_dim": 768, "n_layers": 12, "n_heads": 12}
-    model = GPTModel(cfg)
+    model = book_backbone(seed)  # torch.manual_seed(seed) then GPTModel(cfg), as before the loaders' first use
+    digest = weights_digest(model)
     model.eval()
     for p in model.parameters():
         p.requires_grad = False
@@ -101,7 +101,7 @@ def worker_book_train(epochs: int, seed: int = 123) -> None:
                             eval_freq=50, eval_iter=5)
     accs = {n: calc_accuracy_loader(ld, model, "cpu") for n, ld in
             (("train", train_loader), ("validation", val_loader), ("test", test_loader))}
-    emit({"seconds": time.perf_counter() - t0, **{f"{k}_accuracy": v for k, v in accs.items()}})
+    emit({"seconds": time.perf_counter() - t0, "digest": digest, **{f"{k}_accuracy": v for k, v in accs.items()}})
 
 
 def worker_llmclf_train(epochs: int, model: str, run_dir: str, seed: int = 123, dtype: str = "float32",
@@ -109,9 +109,11 @@ def worker_llmclf_train(epochs: int, model: str, run_dir: str, seed: int = 123, 
     from llmclf.finetune import finetune
     from llmclf.options import from_recipe
     # the book's recipe on both sides: the same work, so the times compare; --split-seed keeps the book's split
-    m = finetune(from_recipe("book", out=run_dir, model=model, weights="random" if model.startswith("gpt2") else "pretrained",
-                             data_file=str(SMS), tokenizer_dir=str(BPE_DIR), epochs=epochs, overwrite=True, quiet=True,
-                             seed=seed, split_seed=123, dtype=dtype, pooling=pooling))
+    # model: a named backbone (random weights for GPT-2's) or a directory (the book's own initial weights)
+    weights = "random" if model.startswith("gpt2") else "pretrained"
+    m = finetune(from_recipe("book", out=run_dir, model=model, weights=weights, data_file=str(SMS),
+                             tokenizer_dir=str(BPE_DIR), epochs=epochs, overwrite=True, quiet=True, seed=seed,
+                             split_seed=123, dtype=dtype, pooling=pooling, standalone=True))
     emit({"seconds": m["train_seconds"], "cache_seconds": m.get("cache_seconds"),
           **{f"{s}_accuracy": m[s]["accuracy"] for s in ("train", "validation", "test")}})
 
@@ -180,26 +182,12 @@ def worker_ort_infer(run_dir: str, batch_size: int, order: str) -> None:
           "labels": probs.argmax(-1).tolist(), "probs": probs[:, 1].tolist(), "threads": torch.get_num_threads()})
 
 
-def hf_model_from_run(run_dir: Path):
-    """transformers' GPT2ForSequenceClassification with the run's weights. Its score layer has no bias, so
-    the head's bias is folded into the final layer norm's shift: W (ln + d) = W ln + b with d = pinv(W) b."""
+def hf_gpt2_state(sd: dict, n_layers: int) -> dict:
+    """transformers' GPT-2 names for a backbone state dict in the book's names (which llmclf's GPT-2 keeps)."""
     import torch
-    import transformers
-    from safetensors.torch import load_file
-
-    cfg = json.loads((run_dir / "model" / "config.json").read_text())
-    b = cfg["backbone"]
-    sd = load_file(str(run_dir / "model" / "model.safetensors"))
-    hf_cfg = transformers.GPT2Config(vocab_size=b["vocab_size"], n_positions=b["context_length"], n_embd=b["emb_dim"],
-                                     n_layer=b["n_layers"], n_head=b["n_heads"], num_labels=cfg["num_classes"],
-                                     pad_token_id=cfg["pad_id"], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-    model = transformers.GPT2ForSequenceClassification(hf_cfg).eval()
-    W, bias = sd["out_head.weight"].double(), sd["out_head.bias"].double()
     hf = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
-          "transformer.ln_f.weight": sd["final_norm.scale"],
-          "transformer.ln_f.bias": (sd["final_norm.shift"].double() + torch.linalg.pinv(W) @ bias).float(),
-          "score.weight": sd["out_head.weight"]}
-    for i in range(b["n_layers"]):
+          "transformer.ln_f.weight": sd["final_norm.scale"], "transformer.ln_f.bias": sd["final_norm.shift"]}
+    for i in range(n_layers):
         p, o = f"transformer.h.{i}.", f"trf_blocks.{i}."
         hf[p + "attn.c_attn.weight"] = torch.cat([sd[o + f"att.{n}.weight"] for n in ("W_query", "W_key", "W_value")]).t()
         hf[p + "attn.c_attn.bias"] = torch.cat([sd[o + f"att.{n}.bias"] for n in ("W_query", "W_key", "W_value")])
@@ -211,9 +199,68 @@ def hf_model_from_run(run_dir: Path):
         hf[p + "mlp.c_proj.bias"] = sd[o + "ff.layers.2.bias"]
         for n, m in (("ln_1", "norm1"), ("ln_2", "norm2")):
             hf[p + f"{n}.weight"], hf[p + f"{n}.bias"] = sd[o + f"{m}.scale"], sd[o + f"{m}.shift"]
-    missing, unexpected = model.load_state_dict({k: v.contiguous() for k, v in hf.items()}, strict=False)
+    return {k: v.contiguous() for k, v in hf.items()}
+
+
+def _hf_config(b: dict, **extra):
+    import transformers
+    return transformers.GPT2Config(vocab_size=b["vocab_size"], n_positions=b["context_length"], n_embd=b["emb_dim"],
+                                   n_layer=b["n_layers"], n_head=b["n_heads"], resid_pdrop=0, embd_pdrop=0,
+                                   attn_pdrop=0, **extra)
+
+
+def hf_model_from_run(run_dir: Path):
+    """transformers' GPT2ForSequenceClassification with the run's weights. Its score layer has no bias, so
+    the head's bias is folded into the final layer norm's shift: W (ln + d) = W ln + b with d = pinv(W) b."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    cfg = json.loads((run_dir / "model" / "config.json").read_text())
+    b = cfg["backbone"]
+    sd = load_file(str(run_dir / "model" / "model.safetensors"))
+    model = transformers.GPT2ForSequenceClassification(
+        _hf_config(b, num_labels=cfg["num_classes"], pad_token_id=cfg["pad_id"])).eval()
+    W, bias = sd["out_head.weight"].double(), sd["out_head.bias"].double()
+    hf = hf_gpt2_state(sd, b["n_layers"])
+    hf["transformer.ln_f.bias"] = (sd["final_norm.shift"].double() + torch.linalg.pinv(W) @ bias).float()
+    hf["score.weight"] = sd["out_head.weight"]
+    missing, unexpected = model.load_state_dict(hf, strict=False)
     assert not [k for k in missing if not k.endswith(("attn.bias", "masked_bias"))] and not unexpected, (missing, unexpected)
     return model, cfg
+
+
+BOOK_CFG = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True,
+            "emb_dim": 768, "n_layers": 12, "n_heads": 12}
+
+
+def book_backbone(seed: int):
+    """The book's GPTModel, initialised as its chapter-6 run initialises it under `seed`."""
+    import torch
+    from llms_from_scratch.ch04 import GPTModel
+    torch.manual_seed(seed)
+    return GPTModel(BOOK_CFG)
+
+
+def weights_digest(model) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode() + v.detach().contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def worker_book_init(seed: int, out: str) -> None:
+    """The book's initial weights for `seed`, saved as a transformers GPT-2 directory llmclf loads (--model DIR):
+    both sides then fine-tune the very same backbone."""
+    import transformers
+    model = book_backbone(seed)
+    hf = transformers.GPT2LMHeadModel(_hf_config({"vocab_size": 50257, "context_length": 1024, "emb_dim": 768,
+                                                  "n_layers": 12, "n_heads": 12}))
+    missing, unexpected = hf.load_state_dict(hf_gpt2_state(model.state_dict(), 12), strict=False)
+    assert not [k for k in missing if k != "lm_head.weight"] and not unexpected, (missing, unexpected)
+    hf.save_pretrained(out)
+    emit({"seconds": 0.0, "digest": weights_digest(model)})
 
 
 def worker_hf_infer(run_dir: str, batch_size: int) -> None:
@@ -278,11 +325,14 @@ def finetune_rows(a, tmp: Path, previous: dict) -> dict:
     res = {}
     for seed in a.seeds:
         print(f"[a] fine-tuning, seed {seed}, {a.epochs} epoch(s), GPT-2 small random weights", file=sys.stderr)
-        row = {name: run_worker("llmclf-train", a.epochs, "gpt2-small", tmp / f"{name}-{seed}", seed, dtype, pooling)
-               for name, (dtype, pooling) in FINETUNE.items()}
+        init = run_worker("book-init", seed, tmp / f"init-{seed}")  # both sides start from these weights
+        row = {name: run_worker("llmclf-train", a.epochs, tmp / f"init-{seed}", tmp / f"{name}-{seed}", seed, dtype,
+                                pooling) for name, (dtype, pooling) in FINETUNE.items()}
         old = previous.get("finetune", {}).get(str(seed), {})
         reuse = a.skip_book and "book" in old and previous.get("epochs") == a.epochs
         row["book"] = old["book"] if reuse else run_worker("book-train", a.epochs, seed)
+        if row["book"].get("digest") != init["digest"]:
+            raise SystemExit(f"seed {seed}: the book's initial weights differ from the ones given to llmclf")
         res[str(seed)] = row
     return res
 
@@ -324,6 +374,7 @@ def main() -> None:
     if a.worker:
         kind, *r = a.worker
         {"book-train": lambda: worker_book_train(int(r[0]), int(r[1])),
+         "book-init": lambda: worker_book_init(int(r[0]), r[1]),
          "llmclf-train": lambda: worker_llmclf_train(int(r[0]), r[1], r[2], int(r[3]), r[4], r[5]),
          "llmclf-infer": lambda: worker_llmclf_infer(r[0], int(r[1]), r[2]),
          "hf-infer": lambda: worker_hf_infer(r[0], int(r[1])),
