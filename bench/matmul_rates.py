@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from llmclf.precision import onednn_float32_is_faster
+from speed import machine  # bench/: the CPU, its flags that matter, torch and threads
 
 
 def rate(fn, flop: float, reps: int = 20) -> float:
@@ -47,12 +47,8 @@ def kernels(m: int) -> dict:
 
 
 def main() -> None:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if f in flags]
     threads = torch.get_num_threads()
-    print(f"{time.strftime('%Y-%m-%d')}, {model} ({', '.join(shown)}), torch {torch.__version__}, {threads} threads; "
+    print(f"{time.strftime('%Y-%m-%d')}, {machine()}; "
           f"llmclf's float32 kernel here: {'oneDNN' if onednn_float32_is_faster() else 'BLAS'}\n")
     cols = [(m, t) for m in (256, 1024) for t in sorted({1, threads})]
     print("| kernel | " + " | ".join(f"M={m}, {t} thread{'s' * (t > 1)}" for m, t in cols) + " |")

@@ -244,9 +244,11 @@ def book_backbone(seed: int):
 
 def weights_digest(model) -> str:
     import hashlib
+
+    import torch
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode() + v.detach().contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes())
+        h.update(k.encode() + v.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -255,9 +257,8 @@ def worker_book_init(seed: int, out: str) -> None:
     both sides then fine-tune the very same backbone."""
     import transformers
     model = book_backbone(seed)
-    hf = transformers.GPT2LMHeadModel(_hf_config({"vocab_size": 50257, "context_length": 1024, "emb_dim": 768,
-                                                  "n_layers": 12, "n_heads": 12}))
-    missing, unexpected = hf.load_state_dict(hf_gpt2_state(model.state_dict(), 12), strict=False)
+    hf = transformers.GPT2LMHeadModel(_hf_config(BOOK_CFG))
+    missing, unexpected = hf.load_state_dict(hf_gpt2_state(model.state_dict(), BOOK_CFG["n_layers"]), strict=False)
     assert not [k for k in missing if k != "lm_head.weight"] and not unexpected, (missing, unexpected)
     hf.save_pretrained(out)
     emit({"seconds": 0.0, "digest": weights_digest(model)})

@@ -668,7 +668,7 @@ def finetune(opts: FinetuneOptions, resuming: bool = False, cache_store=None) ->
             f"{'balanced, ' if balanced else ''}split {len(data.train)}/{len(data.validation)}/{len(data.test)}")
     model, tokenizer, model_name = distributed.agree(lambda: build_classifier(opts, data.labels, data.multi_label))
     model.to(job.device)
-    if not opts.fsdp:  # (FSDP's sharded parameters stay on nn.Linear's own path)
+    if not opts.fsdp and torch.device(job.device).type == "cpu":  # (FSDP's sharded parameters: nn.Linear's path)
         fast_float32(model, distributed.from_main(onednn_float32_is_faster))  # every rank the same kernel
     datasets, max_length = tokenize_splits(job, data, model, tokenizer)
     report = data_report(data, tokenizer, max_length, balanced) if job.main else {}

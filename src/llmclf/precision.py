@@ -158,7 +158,10 @@ def onednn_float32_is_faster() -> bool:
 def fast_float32(model: torch.nn.Module, use: bool | None = None) -> torch.nn.Module:
     """Every plain nn.Linear of `model` made a OneDNNLinear where oneDNN is the faster float32 kernel (in
     place: the same parameters, names and state dict; returns the model). use: the choice made elsewhere
-    (torchrun: rank 0's, so that every rank computes with the same kernel)."""
+    (torchrun: rank 0's, so that every rank computes with the same kernel). A model off the CPU is left as it
+    is, unmeasured: OneDNNLinear would take nn.Linear's path there anyway."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        return model
     if onednn_float32_is_faster() if use is None else use:
         for m in model.modules():
             if type(m) is torch.nn.Linear:
