@@ -125,6 +125,8 @@ def test_recipe_in_a_grid_row_applies_its_values(tmp_path):
     ({"warmup": 1.5}, "--warmup must be a fraction from 0 to 1"),
     ({"search_minutes": 0}, "--search-minutes must be a positive number"),
     ({"dtype": "float16"}, "--dtype must be one of auto, float32, bfloat16"),
+    ({"cache_memory": -1}, "--cache-memory must be a number of GiB, 0 or more"),
+    ({"cache_memory": float("inf")}, "--cache-memory must be a number of GiB, 0 or more"),
 ])
 def test_recipe_schedule_and_precision_options_are_checked(change, fragment):
     with pytest.raises(LlmclfError) as e:

@@ -185,6 +185,7 @@ def test_healthz_model_and_openapi(client, clf, tiny_run):
     assert info["model"] == "gpt2-tiny" and info["labels"] == clf.labels == ["ham", "spam"]
     assert info["max_length"] == clf.max_length and info["pooling"] == clf.config["pooling"]
     assert info["backbone"] == clf.config["backbone"] and info["num_classes"] == 2
+    assert info["dtype"] == clf.dtype == "float32"  # the precision the server predicts in (--dtype)
     assert info["metrics"]["test"] == metrics["test"] and info["metrics"]["validation"] == metrics["validation"]
     assert "options" not in info["metrics"] and "data_source" not in info["metrics"]  # no local paths
     assert info["limits"]["max_texts"] == 64 and info["limits"]["max_chars"] == 10000
